@@ -1,0 +1,1 @@
+"""Integrations of sxdm-stream with acquisition control (bluesky) and the live viewer."""

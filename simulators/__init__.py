@@ -1,0 +1,1 @@
+"""Frame simulator: SXDM sample physics, detector models and scan generation."""

@@ -1,0 +1,228 @@
+"""Accumulation of frames into per-map-pixel moments, q histograms and per-angle maps.
+
+The reduction follows the create / append / combine / finalize shape:
+
+* create: :class:`ScanSetup` fixes everything that does not change during a scan (geometry,
+  scan, grid, q_ref, the sample rotation of every rocking angle) and refuses a histogram that
+  would not fit its memory budget *before* the first frame; :class:`Accumulator` allocates.
+* append: :meth:`Accumulator.add_frame` runs the numba kernel (nogil).
+* combine: :meth:`Accumulator.merge` adds two accumulators of the same scan. Everything is a
+  sum, so the result does not depend on frame order or on how frames were split.
+* finalize: :mod:`sxdm_stream.maps` derives the maps from the sums.
+
+Moments are kept per rocking angle, ``moments[angle, point, 10]``: their S0 is the per-angle
+intensity map, and shifting them between map pixels corrects sample drift without re-reading
+frames. The whole-scan moments are their sum over angles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import kernels
+from .errors import BadFrameError, ConfigError
+from .geometry import Geometry
+from .grid import DEFAULT_MAX_BINS, QGrid, check_histogram_budget, grid_for_scan
+from .scan import ScanDescription
+
+_EMPTY_HIST = np.zeros((1, 0), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class AccumulationSettings:
+    """How frames are added.
+
+    Parameters
+    ----------
+    threshold : detector counts below this value are ignored (0 keeps every count).
+    histogram_bins : (bx, by, bz); None derives them from the scan's q sampling (capped at
+        ``histogram_max_bins``); (0, 0, 0) keeps moments only.
+    histogram_bounds : ((qx, qy, qz) first bin centre, (qx, qy, qz) last bin centre) in
+        1/Angstrom; None derives them from the scan.
+    histogram_dtype : "float32" (exact for integer counts up to 2**24 per bin) or "float64".
+    histogram_budget_mib : memory allowed for the histograms of the whole map.
+    q_ref : reference q subtracted before summing moments; None = centre of the covered q range.
+    """
+
+    threshold: float = 0.0
+    histogram_bins: tuple[int, int, int] | None = None
+    histogram_max_bins: int = DEFAULT_MAX_BINS
+    histogram_bounds: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
+    histogram_dtype: str = "float32"
+    histogram_budget_mib: float = 2048.0
+    q_ref: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.histogram_dtype not in ("float32", "float64"):
+            raise ConfigError(
+                f"histogram_dtype {self.histogram_dtype!r} is not one of 'float32', 'float64'"
+            )
+        if self.threshold < 0:
+            raise ConfigError(f"threshold must be >= 0, got {self.threshold}")
+        if self.histogram_budget_mib <= 0:
+            raise ConfigError("histogram_budget_mib must be positive")
+
+
+class ScanSetup:
+    """Everything fixed for one scan, computed once before the first frame."""
+
+    def __init__(self, geometry: Geometry, scan: ScanDescription,
+                 settings: AccumulationSettings | None = None) -> None:
+        self.geometry = geometry
+        self.scan = scan
+        self.settings = settings or AccumulationSettings()
+        s = self.settings
+        moving = set(geometry.diffractometer.axis_names) - set(scan.fixed_angles) - {scan.rocking_axis}
+        if moving:
+            raise ConfigError(f"scan gives no angle for diffractometer axes {sorted(moving)}")
+        if scan.rocking_axis not in [a.name for a in geometry.diffractometer.sample_axes]:
+            raise ConfigError(f"rocking axis {scan.rocking_axis!r} is not a sample circle "
+                              f"({[a.name for a in geometry.diffractometer.sample_axes]})")
+        if tuple(s.histogram_bins or (1, 1, 1)) == (0, 0, 0):
+            bins_wanted = None
+        else:
+            bins_wanted = s.histogram_bins
+        derived = grid_for_scan(geometry, scan, bins_wanted, s.histogram_max_bins)
+        if s.histogram_bounds is not None:
+            derived = QGrid.from_bounds(s.histogram_bounds[0], s.histogram_bounds[1], derived.bins)
+        self.keep_histogram = tuple(s.histogram_bins or (1, 1, 1)) != (0, 0, 0)
+        self.grid = derived
+        self.histogram_dtype = np.dtype(s.histogram_dtype)
+        if self.keep_histogram:
+            check_histogram_budget(scan.n_points, self.grid.bins, self.histogram_dtype.itemsize,
+                                   int(s.histogram_budget_mib * 2**20))
+        lo, hi = np.asarray(self.grid.lo), self.grid.hi
+        self.q_ref = np.asarray(s.q_ref, float) if s.q_ref is not None else 0.5 * (lo + hi)
+        # every rocking step shares the detector position of the first (fixed angles)
+        self.kf = np.ascontiguousarray(geometry.kf_lab(scan.angles(0)))
+        self.mask = np.ascontiguousarray(geometry.detector.roi_mask())
+        self.rots = np.stack([geometry.sample_matrix(scan.angles(a)) for a in range(scan.n_angles)])
+        self.offsets = np.stack([-(r @ geometry.ki) - self.q_ref for r in self.rots])
+        self.edge0 = self.grid.edges_lo - self.q_ref
+        self.inv_step = 1.0 / np.asarray(self.grid.step)
+        self.bins = np.asarray(self.grid.bins, dtype=np.int64)
+        self.roi_origin = geometry.detector.roi_bounds[0], geometry.detector.roi_bounds[2]
+
+    def describe(self) -> dict:
+        """JSON-able description; equal descriptions mean accumulators can be merged."""
+        return {
+            "geometry": self.geometry.describe(),
+            "scan": self.scan.describe(),
+            "settings": asdict(self.settings),
+            "grid": self.grid.describe() if self.keep_histogram else None,
+            "q_ref": self.q_ref.tolist(),
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        text = json.dumps(self.describe(), sort_keys=True, default=str)
+        mask = self.mask.tobytes()
+        return hashlib.sha256(text.encode() + mask).hexdigest()[:16]
+
+    def hits(self) -> np.ndarray:
+        """Unmasked ROI pixels per histogram bin, summed over the rocking angles (XSOCS ``histo``)."""
+        hits = np.zeros(self.grid.n_bins, dtype=np.int64)
+        for a in range(self.scan.n_angles):
+            kernels.count_hits(self.kf, self.mask, self.rots[a], self.offsets[a], self.edge0,
+                               self.inv_step, self.bins, hits)
+        return hits.reshape(self.grid.bins)
+
+
+class Accumulator:
+    """Per-map-pixel sums of one scan: moments per rocking angle, q histograms, frame counts."""
+
+    def __init__(self, setup: ScanSetup) -> None:
+        self.setup = setup
+        scan = setup.scan
+        self.moments = np.zeros((scan.n_angles, scan.n_points, kernels.N_MOMENTS))
+        if setup.keep_histogram:
+            self.histogram = np.zeros((scan.n_points, setup.grid.n_bins), setup.histogram_dtype)
+        else:
+            self.histogram = np.zeros((scan.n_points, 0), setup.histogram_dtype)
+        self.frame_count = np.zeros((scan.n_angles, scan.n_points), dtype=np.int64)
+
+    # ---- append -------------------------------------------------------------------------
+    def check_frame(self, frame: np.ndarray, angle_index: int, point_index: int,
+                    monitor: float | None = None) -> float:
+        """Validate one frame's data and indices; return the weight scale. Raises BadFrameError."""
+        scan, det = self.setup.scan, self.setup.geometry.detector
+        if not isinstance(frame, np.ndarray) or frame.ndim != 2:
+            raise BadFrameError("frame is not a 2D array")
+        if frame.shape != tuple(det.shape):
+            raise BadFrameError(f"frame shape {frame.shape} differs from the detector's {det.shape}")
+        if frame.dtype.kind not in "uif":
+            raise BadFrameError(f"frame dtype {frame.dtype} is not numeric")
+        if not 0 <= angle_index < scan.n_angles:
+            raise BadFrameError(f"rocking angle index {angle_index} outside 0..{scan.n_angles - 1}")
+        if not 0 <= point_index < scan.n_points:
+            raise BadFrameError(f"map pixel index {point_index} outside 0..{scan.n_points - 1}")
+        if monitor is None:
+            return 1.0
+        if not np.isfinite(monitor) or monitor <= 0:
+            raise BadFrameError(f"monitor value {monitor} is not a positive finite number")
+        return 1.0 / float(monitor)
+
+    def add_frame(self, frame: np.ndarray, angle_index: int, point_index: int,
+                  monitor: float | None = None) -> float:
+        """Add one detector frame; returns the (monitor-scaled) counts added."""
+        scale = self.check_frame(frame, angle_index, point_index, monitor)
+        s = self.setup
+        hist = self.histogram[point_index]
+        added = kernels.accumulate_frame(
+            frame, s.roi_origin[0], s.roi_origin[1], s.kf, s.mask, s.rots[angle_index],
+            s.offsets[angle_index], s.edge0, s.inv_step, s.bins, scale,
+            s.settings.threshold, self.moments[angle_index, point_index], hist)
+        self.frame_count[angle_index, point_index] += 1
+        return added
+
+    def add_frames(self, frames: np.ndarray, angle_index, point_index, monitors=None) -> np.ndarray:
+        """Add a stack of frames (n, rows, cols) in one kernel call."""
+        n = len(frames)
+        angle_index = np.asarray(angle_index, dtype=np.int64)
+        point_index = np.asarray(point_index, dtype=np.int64)
+        scales = np.ones(n) if monitors is None else np.empty(n)
+        for f in range(n):
+            sc = self.check_frame(frames[f], int(angle_index[f]), int(point_index[f]),
+                                  None if monitors is None else monitors[f])
+            scales[f] = sc
+        s = self.setup
+        hist = self.histogram
+        added = kernels.accumulate_frames(
+            frames, angle_index, point_index, scales, s.roi_origin[0], s.roi_origin[1], s.kf,
+            s.mask, s.rots, s.offsets, s.edge0, s.inv_step, s.bins, s.settings.threshold,
+            self.moments, hist)
+        np.add.at(self.frame_count, (angle_index, point_index), 1)
+        return added
+
+    # ---- combine ------------------------------------------------------------------------
+    def merge(self, other: "Accumulator") -> "Accumulator":
+        """Add ``other`` (same scan setup) into this accumulator, in place."""
+        if other.setup.fingerprint != self.setup.fingerprint:
+            raise ConfigError("cannot merge accumulators of different scans or settings")
+        self.moments += other.moments
+        self.histogram += other.histogram
+        self.frame_count += other.frame_count
+        return self
+
+    # ---- views for the maps ---------------------------------------------------------------
+    def totals(self) -> np.ndarray:
+        """Whole-scan moments (n_points, 10): the sum over rocking angles."""
+        return self.moments.sum(axis=0)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The arrays that define this accumulator (for checkpoints and merging elsewhere)."""
+        return {"moments": self.moments, "histogram": self.histogram, "frame_count": self.frame_count}
+
+    @classmethod
+    def from_state(cls, setup: ScanSetup, state: dict[str, np.ndarray]) -> "Accumulator":
+        acc = cls(setup)
+        for name, arr in acc.state().items():
+            if state[name].shape != arr.shape:
+                raise ConfigError(f"state array {name!r} has shape {state[name].shape}, "
+                                  f"this scan needs {arr.shape}")
+            arr[...] = state[name]
+        return acc

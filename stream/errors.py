@@ -1,0 +1,25 @@
+"""The errors a user can act on: bad configuration, bad input, incompatible files.
+
+Everything the processor raises on purpose derives from :class:`SxdmError`, so callers can
+tell "you asked for something impossible" from a bug.
+"""
+
+
+class SxdmError(Exception):
+    """Base class of every error sxdm-stream raises on purpose."""
+
+
+class ConfigError(SxdmError, ValueError):
+    """A configuration value is missing, of the wrong type or out of its allowed range."""
+
+
+class HistogramBudgetError(ConfigError):
+    """The q-space histogram requested for the scan does not fit its memory budget."""
+
+
+class BadFrameError(SxdmError, ValueError):
+    """A frame cannot be accumulated (wrong shape, unknown index, invalid monitor...)."""
+
+
+class IncompatibleFileError(SxdmError):
+    """A file is not of the layout or version we can read."""
