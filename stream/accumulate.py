@@ -151,19 +151,23 @@ class Accumulator:
         """Validate one frame's data and indices; return the weight scale. Raises BadFrameError."""
         scan, det = self.setup.scan, self.setup.geometry.detector
         if not isinstance(frame, np.ndarray) or frame.ndim != 2:
-            raise BadFrameError("frame is not a 2D array")
+            raise BadFrameError("frame is not a 2D array", "not_2d")
         if frame.shape != tuple(det.shape):
-            raise BadFrameError(f"frame shape {frame.shape} differs from the detector's {det.shape}")
+            raise BadFrameError(f"frame shape {frame.shape} differs from the detector's {det.shape}",
+                                "wrong_shape")
         if frame.dtype.kind not in "uif":
-            raise BadFrameError(f"frame dtype {frame.dtype} is not numeric")
+            raise BadFrameError(f"frame dtype {frame.dtype} is not numeric", "wrong_dtype")
         if not 0 <= angle_index < scan.n_angles:
-            raise BadFrameError(f"rocking angle index {angle_index} outside 0..{scan.n_angles - 1}")
+            raise BadFrameError(f"rocking angle index {angle_index} outside 0..{scan.n_angles - 1}",
+                                "index_out_of_range")
         if not 0 <= point_index < scan.n_points:
-            raise BadFrameError(f"map pixel index {point_index} outside 0..{scan.n_points - 1}")
+            raise BadFrameError(f"map pixel index {point_index} outside 0..{scan.n_points - 1}",
+                                "index_out_of_range")
         if monitor is None:
             return 1.0
         if not np.isfinite(monitor) or monitor <= 0:
-            raise BadFrameError(f"monitor value {monitor} is not a positive finite number")
+            raise BadFrameError(f"monitor value {monitor} is not a positive finite number",
+                                "bad_monitor")
         return 1.0 / float(monitor)
 
     def add_frame(self, frame: np.ndarray, angle_index: int, point_index: int,

@@ -18,7 +18,14 @@ class HistogramBudgetError(ConfigError):
 
 
 class BadFrameError(SxdmError, ValueError):
-    """A frame cannot be accumulated (wrong shape, unknown index, invalid monitor...)."""
+    """A frame cannot be accumulated (wrong shape, unknown index, invalid monitor...).
+
+    ``reason`` is a short stable key under which the processor counts such frames.
+    """
+
+    def __init__(self, message: str, reason: str = "bad_frame") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class IncompatibleFileError(SxdmError):

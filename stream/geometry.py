@@ -130,6 +130,8 @@ class Detector:
 
     def __post_init__(self) -> None:
         rows, cols = self.shape
+        axis_vector(self.row_direction)  # validates
+        axis_vector(self.col_direction)
         if self.pixel_size_m <= 0 or self.distance_m <= 0:
             raise ConfigError("detector pixel_size_m and distance_m must be positive")
         if self.roi is not None:

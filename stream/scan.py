@@ -75,7 +75,8 @@ class ScanDescription:
         """(rocking angle index, flat map index row * cols + col) of a frame index."""
         if not 0 <= frame_index < self.n_frames:
             raise BadFrameError(
-                f"frame index {frame_index} is outside the scan's {self.n_frames} frames"
+                f"frame index {frame_index} is outside the scan's {self.n_frames} frames",
+                "index_out_of_range",
             )
         rows, cols = self.shape
         point = frame_index // self.frames_per_point

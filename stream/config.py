@@ -1,0 +1,204 @@
+"""The one typed configuration object, loaded from TOML and validated when loaded.
+
+Every section is a frozen dataclass; an unknown key, a value of the wrong type or out of its
+allowed range raises :class:`ConfigError` naming the key (``accumulation.threshold``) and what
+is allowed. Command-line flags override values through :func:`override`.
+
+Example (every key optional)::
+
+    [simulation]
+    detector = "maxipix_2x2"        # or "eiger2_500k"
+    shape = [40, 40]                 # map rows, cols
+    step_um = 0.1
+    n_angles = 31
+    rocking_half_range_deg = 0.3
+    counts = 2e5                     # integrated counts at the particle's thickest point
+    background_rate = 2e-5           # counts per pixel per frame
+    drift_um_per_angle = [0.0, 0.0]
+    seed = 0
+
+    [accumulation]
+    threshold = 0                    # counts below are ignored
+    histogram_bins = "auto"          # or [bx, by, bz], or [0, 0, 0] for moments only
+    histogram_max_bins = 32
+    histogram_dtype = "float32"
+    histogram_budget_mib = 2048
+
+    [maps]
+    mask_fraction = 0.2
+    d_ref_a = 0                      # 0: the mean d over the mask
+
+    [output]
+    directory = "results"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .accumulate import AccumulationSettings
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """The built-in simulated experiment (see ``sxdm_stream.simulators.scenarios``)."""
+
+    detector: str = "maxipix_2x2"
+    shape: tuple[int, int] = (40, 40)
+    step_um: float = 0.1
+    n_angles: int = 31
+    rocking_half_range_deg: float = 0.3
+    counts: float = 2.0e5
+    background_rate: float = 2e-5
+    drift_um_per_angle: tuple[float, float] = (0.0, 0.0)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class MapsConfig:
+    mask_fraction: float = 0.2
+    d_ref_a: float = 0.0
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    directory: str = "results"
+
+
+@dataclass(frozen=True)
+class Config:
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    accumulation: AccumulationSettings = field(default_factory=AccumulationSettings)
+    maps: MapsConfig = field(default_factory=MapsConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+_ALLOWED = {
+    "simulation.detector": ("maxipix_2x2", "eiger2_500k"),
+    "accumulation.histogram_dtype": ("float32", "float64"),
+}
+_POSITIVE = {"simulation.step_um", "simulation.n_angles", "simulation.counts",
+             "accumulation.histogram_max_bins", "accumulation.histogram_budget_mib"}
+_FRACTIONS = {"maps.mask_fraction"}
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Convert a TOML value to the type of the field's default; ConfigError if impossible."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if isinstance(default, int) and float(value) != int(value):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return type(default)(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(default):
+            raise ConfigError(f"{key} must be a list of {len(default)} numbers, got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", v, d) for i, (v, d) in enumerate(zip(value, default)))
+    raise ConfigError(f"{key}: unsupported value {value!r}")
+
+
+def _check_range(key: str, value: Any) -> None:
+    if key in _ALLOWED and value not in _ALLOWED[key]:
+        raise ConfigError(f"{key} = {value!r} is not one of {', '.join(_ALLOWED[key])}")
+    if key in _POSITIVE and not value > 0:
+        raise ConfigError(f"{key} must be positive, got {value!r}")
+    if key in _FRACTIONS and not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{key} must lie between 0 and 1, got {value!r}")
+
+
+def _section(name: str, cls: type, values: Mapping[str, Any]):
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{name}.{key}"
+        if key not in known:
+            raise ConfigError(f"unknown key {full}; allowed: {', '.join(sorted(known))}")
+        kwargs[key] = _field_value(full, value, known[key])
+        _check_range(full, kwargs[key])
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"[{name}] {exc}") from None
+
+
+def _field_value(full: str, value: Any, f: dataclasses.Field) -> Any:
+    if full == "accumulation.histogram_bins":
+        if value == "auto":
+            return None
+        return _coerce(full, value, (0, 0, 0))
+    if full == "accumulation.histogram_bounds":
+        return _coerce(full, value, ((0.0,) * 3, (0.0,) * 3))
+    if full == "accumulation.q_ref":
+        return _coerce(full, value, (0.0,) * 3)
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if full == "accumulation.threshold":
+        default = 0.0
+    return _coerce(full, value, default)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from nested dicts (a parsed TOML document)."""
+    sections = {f.name: f.default_factory for f in dataclasses.fields(Config)}
+    kwargs = {}
+    for name, values in data.items():
+        if name not in sections:
+            raise ConfigError(f"unknown section [{name}]; allowed: {', '.join(sections)}")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"[{name}] must be a table of keys")
+        kwargs[name] = _section(name, type(sections[name]()), values)
+    return Config(**kwargs)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read a TOML file (None: all defaults); ConfigError with the file name on a syntax error."""
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
+    return config_from_dict(data)
+
+
+def override(config: Config, section: str, **values: Any) -> Config:
+    """A copy of ``config`` with keys of one section replaced (None values are ignored)."""
+    values = {k: v for k, v in values.items() if v is not None}
+    if not values:
+        return config
+    current = dataclasses.asdict(getattr(config, section))
+    current.update(values)
+    cls = type(getattr(config, section))
+    return dataclasses.replace(config, **{section: _section(section, cls, _tomlish(current))})
+
+
+def _tomlish(d: dict) -> dict:
+    """asdict output back into TOML-like values (tuples -> lists, None bins -> 'auto')."""
+    out = {}
+    for k, v in d.items():
+        if v is None:
+            if k == "histogram_bins":
+                out[k] = "auto"
+            continue
+        out[k] = [list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, tuple) else v
+    return out
