@@ -29,8 +29,6 @@ from .geometry import Geometry
 from .grid import DEFAULT_MAX_BINS, QGrid, check_histogram_budget, grid_for_scan
 from .scan import ScanDescription
 
-_EMPTY_HIST = np.zeros((1, 0), dtype=np.float32)
-
 
 @dataclass(frozen=True)
 class AccumulationSettings:
@@ -82,14 +80,12 @@ class ScanSetup:
         if scan.rocking_axis not in [a.name for a in geometry.diffractometer.sample_axes]:
             raise ConfigError(f"rocking axis {scan.rocking_axis!r} is not a sample circle "
                               f"({[a.name for a in geometry.diffractometer.sample_axes]})")
-        if tuple(s.histogram_bins or (1, 1, 1)) == (0, 0, 0):
-            bins_wanted = None
-        else:
-            bins_wanted = s.histogram_bins
-        derived = grid_for_scan(geometry, scan, bins_wanted, s.histogram_max_bins)
+        # (0, 0, 0) keeps moments only; the grid is still derived, for q_ref and hits
+        self.keep_histogram = s.histogram_bins is None or tuple(s.histogram_bins) != (0, 0, 0)
+        derived = grid_for_scan(geometry, scan, s.histogram_bins if self.keep_histogram else None,
+                                s.histogram_max_bins)
         if s.histogram_bounds is not None:
             derived = QGrid.from_bounds(s.histogram_bounds[0], s.histogram_bounds[1], derived.bins)
-        self.keep_histogram = tuple(s.histogram_bins or (1, 1, 1)) != (0, 0, 0)
         self.grid = derived
         self.histogram_dtype = np.dtype(s.histogram_dtype)
         if self.keep_histogram:

@@ -34,12 +34,15 @@ _FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 @dataclass(frozen=True)
 class MapSet:
-    """Every map of a scan, each (rows, cols[, 3]); NaN outside the mask.
+    """Every map of a scan, each (rows, cols[, 3]); derived maps are NaN outside the mask.
+
+    ``intensity`` and ``intensity_per_angle`` are given everywhere (they define the mask).
+    The arrays are copies: later frames added to the accumulator do not change a MapSet.
 
     Units: q in 1/Angstrom, d in Angstrom, strain in microstrain, angles in degrees.
     """
 
-    intensity: np.ndarray            # S0, counts (monitor-normalised if a monitor was used)
+    intensity: np.ndarray            # S0, counts (monitor-normalised if a monitor was used); copy
     mask: np.ndarray                 # bool, True = inside the mask (kept)
     com: np.ndarray                  # (rows, cols, 3) Q = (qx, qy, qz)
     q_abs: np.ndarray                # |Q|
@@ -47,7 +50,7 @@ class MapSet:
     strain: np.ndarray               # microstrain against d_ref
     tilt_altitude: np.ndarray        # degrees from the mean direction
     tilt_azimuth: np.ndarray         # degrees in [0, 360) from e1
-    misorientation_rgb: np.ndarray   # (rows, cols, 3) in [0, 1], white... NaN outside mask
+    misorientation_rgb: np.ndarray   # (rows, cols, 3) in [0, 1], NaN outside the mask
     fwhm: np.ndarray                 # (rows, cols, 3) along qx, qy, qz
     strain_stderr: np.ndarray        # microstrain, counting-statistics standard error
     tilt_stderr: np.ndarray          # degrees, counting-statistics standard error
@@ -171,7 +174,7 @@ def derive_maps(moments: np.ndarray, q_ref, shape: tuple[int, int],
         fwhm=fwhm.reshape(rows, cols, 3),
         strain_stderr=strain_se.reshape(shape),
         tilt_stderr=tilt_se.reshape(shape),
-        intensity_per_angle=moments[:, :, S0].reshape(-1, rows, cols),
+        intensity_per_angle=moments[:, :, S0].reshape(-1, rows, cols).copy(),
         d_ref=d_ref,
         mean_direction=mean_dir,
         azimuth_reference=e1,

@@ -1,0 +1,437 @@
+"""Results files: every map of a scan as NeXus ``NXdata``, plus what is needed to resume it.
+
+Layout (``silx view`` and other NeXus tools follow the ``default`` attributes to the strain map)::
+
+    /                         NXroot   default="entry", creator="sxdm-stream <version>"
+    /entry                    NXentry  default="strain", extra attributes (status, frames...)
+    /entry/<map>              NXdata   one per map: intensity, d_spacing, strain, tilt_*, q_abs,
+                                       qx, qy, qz (COM), fwhm_q*, misorientation (RGB),
+                                       strain_stderr, tilt_stderr, mask (uint8); axes y, x in um
+    /entry/intensity_per_angle NXdata  (angles, rows, cols) against rocking angle, y, x
+    /entry/instrument         NXinstrument  geometry (NXcollection), detector (NXdetector)
+    /entry/process            NXprocess  program, version, date, configuration (JSON),
+                                       scan, grid, q_ref, d_ref, mean_direction, ...
+    /entry/accumulator        NXcollection  moments (angles, points, 10), frame_count
+    /entry/qspace             NXdata   histogram (points, bx, by, bz) against qx, qy, qz; hits
+
+A file is written to ``path + ".tmp"`` and moved over ``path`` with :func:`os.replace`, so a
+reader (a viewer polling the file during the scan) sees either the previous complete file or the
+new complete file, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from datetime import datetime
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .accumulate import Accumulator, ScanSetup
+from .errors import ConfigError, IncompatibleFileError
+from .maps import MapSet
+from .scan import ScanDescription
+
+logger = logging.getLogger(__name__)
+
+#: layout version written into every file; readers refuse files newer than they know
+FORMAT_VERSION = 1
+#: gzip level of the q-space histogram: mostly empty bins compress well even at the fastest level,
+#: and the file is rewritten many times during a scan
+HISTOGRAM_GZIP_LEVEL = 1
+
+#: the 2D maps: name -> (units, title). Each becomes /entry/<name>/<name>.
+MAP_FIELDS: dict[str, tuple[str, str]] = {
+    "intensity": ("counts", "integrated intensity"),
+    "d_spacing": ("angstrom", "d-spacing 2 pi / |Q|"),
+    "strain": ("microstrain", "strain (d - d_ref) / d_ref"),
+    "tilt_altitude": ("degree", "tilt: angle between Q and the mean direction"),
+    "tilt_azimuth": ("degree", "tilt azimuth about the mean direction"),
+    "q_abs": ("1/angstrom", "|Q| of the centre of mass"),
+    "qx": ("1/angstrom", "centre of mass Qx (sample frame)"),
+    "qy": ("1/angstrom", "centre of mass Qy (sample frame)"),
+    "qz": ("1/angstrom", "centre of mass Qz (sample frame)"),
+    "fwhm_qx": ("1/angstrom", "FWHM of the peak along qx"),
+    "fwhm_qy": ("1/angstrom", "FWHM of the peak along qy"),
+    "fwhm_qz": ("1/angstrom", "FWHM of the peak along qz"),
+    "misorientation": ("", "misorientation: hue = azimuth, saturation = altitude / max"),
+    "strain_stderr": ("microstrain", "strain standard error (counting statistics)"),
+    "tilt_stderr": ("degree", "tilt standard error (counting statistics)"),
+    "mask": ("", "map pixels inside the intensity mask (1) or outside (0)"),
+}
+#: every map name :func:`read_maps` returns
+MAP_NAMES: tuple[str, ...] = tuple(MAP_FIELDS) + ("intensity_per_angle",)
+
+
+def map_arrays(maps: MapSet) -> dict[str, np.ndarray]:
+    """The arrays of a :class:`MapSet` under the names used in results files.
+
+    Parameters
+    ----------
+    maps : the maps of one scan.
+
+    Returns
+    -------
+    dict of name -> array, the same names and values :func:`read_maps` gives back
+    (``mask`` as bool, ``misorientation`` (rows, cols, 3), ``intensity_per_angle``
+    (angles, rows, cols)).
+    """
+    com, fwhm = np.asarray(maps.com), np.asarray(maps.fwhm)
+    arrays = dict(intensity=maps.intensity, d_spacing=maps.d_spacing, strain=maps.strain,
+                  tilt_altitude=maps.tilt_altitude, tilt_azimuth=maps.tilt_azimuth,
+                  q_abs=maps.q_abs)
+    arrays.update({f"q{axis}": com[..., i] for i, axis in enumerate("xyz")})
+    arrays.update({f"fwhm_q{axis}": fwhm[..., i] for i, axis in enumerate("xyz")})
+    arrays.update(misorientation=maps.misorientation_rgb, strain_stderr=maps.strain_stderr,
+                  tilt_stderr=maps.tilt_stderr, mask=np.asarray(maps.mask, dtype=bool),
+                  intensity_per_angle=maps.intensity_per_angle)
+    return {name: np.asarray(value) for name, value in arrays.items()}
+
+
+# ---- writing ------------------------------------------------------------------------------
+def write_results(path, maps: MapSet, setup: ScanSetup, accumulator: Accumulator | None = None,
+                  config: dict | None = None, hits=None, extra_attrs: dict | None = None) -> None:
+    """Write (or atomically replace) the results file of one scan.
+
+    Parameters
+    ----------
+    path : str or os.PathLike, the ``.h5`` file; ``path + ".tmp"`` is used while writing.
+    maps : the derived maps (NaN outside the mask).
+    setup : the scan setup the maps come from (geometry, scan, grid, q_ref).
+    accumulator : if given, its moments, frame counts and (when kept) q-space histograms are
+        stored, so a later process can resume or re-derive the maps.
+    config : the user's configuration, stored as JSON in ``/entry/process/user_config``.
+    hits : (bx, by, bz) unmasked detector pixels per q bin (:meth:`ScanSetup.hits`), stored
+        beside the histogram (so only with an accumulator that keeps one).
+    extra_attrs : attributes of ``/entry`` such as ``status="running"`` or the frames processed;
+        dicts and lists are stored as JSON text.
+
+    Raises
+    ------
+    ConfigError : the maps, accumulator or hits do not belong to ``setup``, or
+        ``extra_attrs`` would overwrite ``NX_class`` or ``default``. The previous file, if
+        any, is left as it was whenever writing fails.
+    """
+    _check_inputs(maps, setup, accumulator, hits)
+    user_config = None if config is None else _to_json(config)
+    path = os.fspath(path)
+    tmp = path + ".tmp"
+    try:
+        with h5py.File(tmp, "w") as f:
+            entry = _write_entry(f, setup.scan, extra_attrs or {})
+            _write_maps(entry, maps, setup.scan)
+            _write_instrument(entry, setup)
+            _write_process(entry, maps, setup, user_config)
+            if accumulator is not None:
+                _write_accumulator(entry, accumulator, hits)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    logger.debug("wrote results %s", path)
+
+
+def _check_inputs(maps: MapSet, setup: ScanSetup, accumulator, hits) -> None:
+    scan = setup.scan
+    if tuple(maps.intensity.shape) != tuple(scan.shape):
+        raise ConfigError(f"maps of shape {maps.intensity.shape} do not fit the scan's "
+                          f"{tuple(scan.shape)}")
+    if accumulator is not None and accumulator.setup.fingerprint != setup.fingerprint:
+        raise ConfigError("the accumulator belongs to another scan setup than the maps")
+    if hits is not None and tuple(np.shape(hits)) != tuple(setup.grid.bins):
+        raise ConfigError(f"hits of shape {np.shape(hits)} do not fit the q grid "
+                          f"{tuple(setup.grid.bins)}")
+
+
+def _fsync(path: str) -> None:
+    # the rename must not reach the disk before the data does (a crash would leave an empty file)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _to_json(value) -> str:
+    return json.dumps(value, default=_json_default, indent=2)
+
+
+def _write_entry(f: h5py.File, scan: ScanDescription, extra_attrs: dict) -> h5py.Group:
+    f.attrs.update(NX_class="NXroot", default="entry", creator=f"sxdm-stream {__version__}",
+                   sxdm_stream_format=FORMAT_VERSION, file_time=_now(),
+                   HDF5_Version=h5py.version.hdf5_version, h5py_version=h5py.version.version)
+    entry = f.create_group("entry")
+    entry.attrs.update(NX_class="NXentry", default="strain")
+    entry["title"] = f"sxdm-stream results {scan.scan_id}".strip()
+    for key, value in extra_attrs.items():
+        if key in ("NX_class", "default"):
+            raise ConfigError(f"extra attribute {key!r} would overwrite the NeXus structure")
+        if value is None:
+            continue
+        entry.attrs[key] = _to_json(value) if isinstance(value, (dict, list, tuple)) else value
+    return entry
+
+
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _write_maps(entry: h5py.Group, maps: MapSet, scan: ScanDescription) -> None:
+    arrays = map_arrays(maps)
+    for name, (units, title) in MAP_FIELDS.items():
+        data = arrays[name].astype(np.uint8) if name == "mask" else arrays[name]
+        group = _create_nxdata(entry, name, data, units, title, scan)
+        if name == "misorientation":
+            # NeXus' value for a colour image; silx accepts a last dimension of 3 or 4
+            group[name].attrs["interpretation"] = "rgba-image"
+    per_angle = _create_nxdata(entry, "intensity_per_angle", arrays["intensity_per_angle"],
+                               MAP_FIELDS["intensity"][0], "intensity at each rocking angle", scan)
+    per_angle.attrs["axes"] = ["rocking_angle", "y", "x"]
+    per_angle.attrs.update(rocking_angle_indices=0, y_indices=1, x_indices=2)
+    per_angle["intensity_per_angle"].attrs["interpretation"] = "image"
+    angle = per_angle.create_dataset("rocking_angle", data=np.asarray(scan.rocking_angles))
+    angle.attrs.update(units="degree", long_name=f"{scan.rocking_axis} (degree)")
+
+
+def _create_nxdata(parent: h5py.Group, name: str, data: np.ndarray, units: str, title: str,
+                   scan: ScanDescription) -> h5py.Group:
+    """NXdata ``parent/name`` with signal ``name`` on the map axes y (rows) and x (cols), in um."""
+    group = parent.create_group(name)
+    group.attrs.update(NX_class="NXdata", signal=name, axes=["y", "x"], y_indices=0,
+                       x_indices=1, title=title)
+    signal = group.create_dataset(name, data=data)
+    signal.attrs["long_name"] = f"{title} ({units})" if units else title
+    if units:
+        signal.attrs["units"] = units
+    for axis, dim in (("y", 0), ("x", 1)):
+        ds = group.create_dataset(axis, data=scan.axis_um(dim))
+        ds.attrs.update(units="um", long_name=f"{scan.motors[dim]} (um)")
+    return group
+
+
+def _write_instrument(entry: h5py.Group, setup: ScanSetup) -> None:
+    geo, det = setup.geometry, setup.geometry.detector
+    described = geo.describe()
+    inst = entry.create_group("instrument")
+    inst.attrs["NX_class"] = "NXinstrument"
+    fields = {
+        "energy_ev": (geo.energy_ev, "eV"),
+        "wavelength_a": (geo.wavelength_a, "angstrom"),
+        "detector_name": (det.name, ""),
+        "detector_shape": (list(det.shape), "pixel"),
+        "detector_distance_m": (det.distance_m, "m"),
+        "pixel_size_m": (det.pixel_size_m, "m"),
+        "beam_center": (list(det.beam_center), "pixel (row, col)"),
+        "roi": (list(det.roi_bounds), "pixel (row_start, row_stop, col_start, col_stop)"),
+        "masked_pixels": (described["detector"]["masked_pixels"], "pixel"),
+        "sample_axes": ([" ".join(map(str, a)) for a in described["sample_axes"]], ""),
+        "detector_axes": ([" ".join(map(str, a)) for a in described["detector_axes"]], ""),
+    }
+    _write_collection(inst, "geometry", fields)
+    nxdet = inst.create_group("detector")
+    nxdet.attrs["NX_class"] = "NXdetector"
+    _dataset(nxdet, "local_name", det.name, "")
+    _dataset(nxdet, "distance", det.distance_m, "m")
+    _dataset(nxdet, "x_pixel_size", det.pixel_size_m, "m")
+    _dataset(nxdet, "y_pixel_size", det.pixel_size_m, "m")
+    # NeXus beam_center_x runs along the fast (column) axis
+    _dataset(nxdet, "beam_center_x", det.beam_center[1], "pixel")
+    _dataset(nxdet, "beam_center_y", det.beam_center[0], "pixel")
+
+
+def _write_collection(parent: h5py.Group, name: str, fields: dict) -> h5py.Group:
+    group = parent.create_group(name)
+    group.attrs["NX_class"] = "NXcollection"
+    for key, (value, units) in fields.items():
+        _dataset(group, key, value, units)
+    return group
+
+
+def _dataset(group: h5py.Group, name: str, value, units: str = "") -> h5py.Dataset:
+    ds = group.create_dataset(name, data=value)
+    if units:
+        ds.attrs["units"] = units
+    return ds
+
+
+def _write_process(entry: h5py.Group, maps: MapSet, setup: ScanSetup,
+                   user_config: str | None) -> None:
+    proc = entry.create_group("process")
+    proc.attrs["NX_class"] = "NXprocess"
+    proc["program"] = "sxdm-stream"
+    proc["version"] = __version__
+    proc["date"] = _now()
+    proc["configuration"] = _to_json(setup.describe())
+    proc["configuration"].attrs["description"] = "ScanSetup.describe() as JSON"
+    proc["fingerprint"] = setup.fingerprint
+    if user_config is not None:
+        proc["user_config"] = user_config
+    _dataset(proc, "q_ref", np.asarray(setup.q_ref, float), "1/angstrom")
+    _dataset(proc, "d_ref", float(maps.d_ref), "angstrom")
+    _dataset(proc, "mean_direction", np.asarray(maps.mean_direction, float))
+    e1 = _dataset(proc, "azimuth_reference", np.asarray(maps.azimuth_reference, float))
+    e1.attrs["description"] = ("azimuth measured from this unit vector, counter-clockwise "
+                               "about mean_direction")
+    _dataset(proc, "mask_fraction", float(maps.mask_fraction))
+    _write_scan(proc, setup.scan)
+    grid = setup.grid
+    _write_collection(proc, "grid", {
+        "lo": (np.asarray(grid.lo, float), "1/angstrom"),
+        "hi": (np.asarray(grid.hi, float), "1/angstrom"),
+        "step": (np.asarray(grid.step, float), "1/angstrom"),
+        "bins": (np.asarray(grid.bins, np.int64), ""),
+        "histogram_kept": (bool(setup.keep_histogram), ""),
+    })
+
+
+def _write_scan(parent: h5py.Group, scan: ScanDescription) -> None:
+    group = _write_collection(parent, "scan", {
+        "shape": (np.asarray(scan.shape, np.int64), ""),
+        "extents_um": (np.asarray(scan.extents_um, float), "um"),
+        "motors": (list(scan.motors), ""),
+        "rocking_axis": (scan.rocking_axis, ""),
+        "rocking_angles": (np.asarray(scan.rocking_angles, float), "degree"),
+        "frames_per_point": (scan.frames_per_point, ""),
+        "snake": (bool(scan.snake), ""),
+        "scan_id": (scan.scan_id, ""),
+    })
+    _write_collection(group, "fixed_angles",
+                      {k: (float(v), "degree") for k, v in scan.fixed_angles.items()})
+
+
+def _write_accumulator(entry: h5py.Group, acc: Accumulator, hits) -> None:
+    setup = acc.setup
+    group = entry.create_group("accumulator")
+    group.attrs.update(NX_class="NXcollection", keep_histogram=bool(setup.keep_histogram),
+                       histogram_dtype=str(setup.histogram_dtype), fingerprint=setup.fingerprint)
+    moments = group.create_dataset("moments", data=acc.moments)
+    moments.attrs["description"] = ("per rocking angle and map pixel: S0, S1 (x, y, z), "
+                                    "S2 (xx, xy, xz, yy, yz, zz) of dq = q - q_ref")
+    group.create_dataset("frame_count", data=acc.frame_count)
+    if setup.keep_histogram:
+        _write_qspace(entry, acc, hits)
+
+
+def _write_qspace(entry: h5py.Group, acc: Accumulator, hits) -> None:
+    grid = acc.setup.grid
+    bins = tuple(int(b) for b in grid.bins)
+    qspace = entry.create_group("qspace")
+    qspace.attrs.update(NX_class="NXdata", signal="histogram", axes=[".", "qx", "qy", "qz"],
+                        qx_indices=1, qy_indices=2, qz_indices=3,
+                        title="q-space histogram of every map pixel (flat map index first)")
+    hist = acc.histogram.reshape((len(acc.histogram),) + bins)
+    ds = qspace.create_dataset("histogram", data=hist, chunks=(1,) + bins, compression="gzip",
+                               compression_opts=HISTOGRAM_GZIP_LEVEL, shuffle=True)
+    ds.attrs.update(units="counts", long_name="counts per q bin")
+    for i, axis in enumerate(("qx", "qy", "qz")):
+        ax = qspace.create_dataset(axis, data=grid.centres(i))
+        ax.attrs.update(units="1/angstrom", long_name=f"{axis} (1/angstrom)")
+    if hits is not None:
+        h = qspace.create_dataset("hits", data=np.asarray(hits))
+        h.attrs["long_name"] = "unmasked detector pixels per q bin, over all rocking angles"
+
+
+# ---- reading ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _open_results(path):
+    """Open a results file for reading; IncompatibleFileError unless sxdm-stream wrote it."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no results file {path}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise IncompatibleFileError(f"{path} is not an HDF5 file: {exc}") from None
+    with f:
+        creator = str(f.attrs.get("creator", ""))
+        version = f.attrs.get("sxdm_stream_format")
+        if not creator.startswith("sxdm-stream") or version is None or "entry" not in f:
+            raise IncompatibleFileError(
+                f"{path} is not an sxdm-stream results file (creator {creator!r})")
+        if int(version) > FORMAT_VERSION:
+            raise IncompatibleFileError(
+                f"{path} has results format {int(version)}; this sxdm-stream "
+                f"({__version__}) reads up to format {FORMAT_VERSION}: upgrade sxdm-stream")
+        yield f
+
+
+def read_maps(path) -> dict[str, np.ndarray]:
+    """The maps of a results file, by name (see :data:`MAP_NAMES` and :func:`map_arrays`).
+
+    Parameters
+    ----------
+    path : str or os.PathLike, a file written by :func:`write_results`.
+
+    Returns
+    -------
+    dict of name -> array; ``mask`` is bool, ``misorientation`` (rows, cols, 3),
+    ``intensity_per_angle`` (angles, rows, cols); the others (rows, cols), NaN outside the mask.
+
+    Raises
+    ------
+    IncompatibleFileError : the file is not an sxdm-stream results file.
+    """
+    with _open_results(path) as f:
+        entry = f["entry"]
+        missing = [name for name in MAP_NAMES if name not in entry]
+        if missing:
+            raise IncompatibleFileError(f"{os.fspath(path)} lacks the maps {missing}")
+        maps = {name: entry[name][name][()] for name in MAP_NAMES}
+    maps["mask"] = maps["mask"].astype(bool)
+    return maps
+
+
+def read_configuration(path) -> dict:
+    """The scan setup description (:meth:`ScanSetup.describe`) stored in a results file."""
+    with _open_results(path) as f:
+        return json.loads(f["entry/process/configuration"].asstr()[()])
+
+
+def read_accumulator_state(path) -> dict:
+    """The accumulator arrays of a results file, as :meth:`Accumulator.state` gives them.
+
+    Parameters
+    ----------
+    path : str or os.PathLike, a file written by :func:`write_results` with an accumulator.
+
+    Returns
+    -------
+    dict with ``moments`` (angles, points, 10), ``histogram`` (points, n_bins) flat as the
+    accumulator holds it ((points, 0) when no histogram was kept), ``frame_count``
+    (angles, points), ``fingerprint`` (str, of the scan setup) and, when stored, ``hits``
+    (bx, by, bz). ``Accumulator.from_state(setup, state)`` restores the accumulator.
+
+    Raises
+    ------
+    IncompatibleFileError : not an sxdm-stream file, or written without an accumulator.
+    """
+    with _open_results(path) as f:
+        if "accumulator" not in f["entry"]:
+            raise IncompatibleFileError(
+                f"{os.fspath(path)} holds maps only: it was written without an accumulator")
+        group = f["entry/accumulator"]
+        state = {"moments": group["moments"][()], "frame_count": group["frame_count"][()],
+                 "fingerprint": str(group.attrs["fingerprint"])}
+        n_points = state["moments"].shape[1]
+        if group.attrs["keep_histogram"]:
+            hist = f["entry/qspace/histogram"][()]
+            state["histogram"] = hist.reshape(n_points, -1)
+            if "hits" in f["entry/qspace"]:
+                state["hits"] = f["entry/qspace/hits"][()]
+        else:
+            state["histogram"] = np.zeros((n_points, 0), str(group.attrs["histogram_dtype"]))
+    return state

@@ -1,0 +1,43 @@
+"""The command line, run as a user runs it."""
+
+import subprocess
+import sys
+
+import numpy as np
+
+from sxdm_stream.cli import main
+from sxdm_stream.hdf5 import read_maps
+
+
+def test_demo_writes_results_that_match_the_printed_accuracy(tmp_path, capsys):
+    assert main(["demo", "--shape", "12", "14", "--angles", "15", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "'processed': 2520" in out and "strain RMS error" in out
+    maps = read_maps(tmp_path / "sxdm_results.h5")
+    assert maps["strain"].shape == (12, 14)
+    assert np.isfinite(maps["strain"][maps["mask"]]).all()
+    assert np.isnan(maps["strain"][~maps["mask"]]).all()
+    png = (tmp_path / "sxdm_overview.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_refuses_a_histogram_over_budget_and_says_what_fits(tmp_path, capsys):
+    code = main(["demo", "--shape", "12", "12", "--bins", "64", "64", "64", "--budget-mib", "10",
+                 "--out", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "over the budget of 10 MiB" in err and "bins per map pixel fit" in err
+    assert not (tmp_path / "sxdm_results.h5").exists()
+
+
+def test_bad_configuration_file_is_reported_with_the_key(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[simulation]\ndetector = "pilatus"\n')
+    assert main(["demo", "--config", str(cfg), "--out", str(tmp_path)]) == 2
+    assert "simulation.detector = 'pilatus' is not one of" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "sxdm_stream.cli", "--version"],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("sxdm-stream ")
