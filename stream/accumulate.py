@@ -30,6 +30,15 @@ from .grid import DEFAULT_MAX_BINS, QGrid, check_histogram_budget, grid_for_scan
 from .scan import ScanDescription
 
 
+def native_frame(frame: np.ndarray) -> np.ndarray:
+    """The frame in a dtype the kernels take: native byte order, float16 widened to float32."""
+    if frame.dtype == np.float16:
+        return frame.astype(np.float32)
+    if not frame.dtype.isnative:
+        return frame.astype(frame.dtype.newbyteorder("="))
+    return frame
+
+
 @dataclass(frozen=True)
 class AccumulationSettings:
     """How frames are added.
@@ -143,8 +152,12 @@ class Accumulator:
 
     # ---- append -------------------------------------------------------------------------
     def check_frame(self, frame: np.ndarray, angle_index: int, point_index: int,
-                    monitor: float | None = None) -> float:
-        """Validate one frame's data and indices; return the weight scale. Raises BadFrameError."""
+                    monitor: float | None = None) -> tuple[np.ndarray, float]:
+        """Validate one frame's data and indices. Raises BadFrameError.
+
+        Returns the frame (converted to a native dtype the kernel takes, if it was big-endian
+        or float16) and the weight scale (1 / monitor).
+        """
         scan, det = self.setup.scan, self.setup.geometry.detector
         if not isinstance(frame, np.ndarray) or frame.ndim != 2:
             raise BadFrameError("frame is not a 2D array", "not_2d")
@@ -153,6 +166,7 @@ class Accumulator:
                                 "wrong_shape")
         if frame.dtype.kind not in "uif":
             raise BadFrameError(f"frame dtype {frame.dtype} is not numeric", "wrong_dtype")
+        frame = native_frame(frame)
         if not 0 <= angle_index < scan.n_angles:
             raise BadFrameError(f"rocking angle index {angle_index} outside 0..{scan.n_angles - 1}",
                                 "index_out_of_range")
@@ -160,16 +174,16 @@ class Accumulator:
             raise BadFrameError(f"map pixel index {point_index} outside 0..{scan.n_points - 1}",
                                 "index_out_of_range")
         if monitor is None:
-            return 1.0
+            return frame, 1.0
         if not np.isfinite(monitor) or monitor <= 0:
             raise BadFrameError(f"monitor value {monitor} is not a positive finite number",
                                 "bad_monitor")
-        return 1.0 / float(monitor)
+        return frame, 1.0 / float(monitor)
 
     def add_frame(self, frame: np.ndarray, angle_index: int, point_index: int,
                   monitor: float | None = None) -> float:
         """Add one detector frame; returns the (monitor-scaled) counts added."""
-        scale = self.check_frame(frame, angle_index, point_index, monitor)
+        frame, scale = self.check_frame(frame, angle_index, point_index, monitor)
         s = self.setup
         hist = self.histogram[point_index]
         added = kernels.accumulate_frame(
@@ -180,15 +194,23 @@ class Accumulator:
         return added
 
     def add_frames(self, frames: np.ndarray, angle_index, point_index, monitors=None) -> np.ndarray:
-        """Add a stack of frames (n, rows, cols) in one kernel call."""
+        """Add a stack of frames (n, rows, cols) in one kernel call; all-or-nothing."""
         n = len(frames)
-        angle_index = np.asarray(angle_index, dtype=np.int64)
-        point_index = np.asarray(point_index, dtype=np.int64)
-        scales = np.ones(n) if monitors is None else np.empty(n)
+        angle_index = np.asarray(angle_index, dtype=np.int64).ravel()
+        point_index = np.asarray(point_index, dtype=np.int64).ravel()
+        lengths = {"angle_index": len(angle_index), "point_index": len(point_index)}
+        if monitors is not None:
+            lengths["monitors"] = len(monitors)
+        if any(v != n for v in lengths.values()):
+            raise BadFrameError(f"{n} frames but {lengths}: one entry per frame is needed",
+                                "wrong_shape")
+        scales = np.ones(n)
+        checked = []
         for f in range(n):
-            sc = self.check_frame(frames[f], int(angle_index[f]), int(point_index[f]),
-                                  None if monitors is None else monitors[f])
-            scales[f] = sc
+            frame, scales[f] = self.check_frame(frames[f], int(angle_index[f]), int(point_index[f]),
+                                                None if monitors is None else monitors[f])
+            checked.append(frame)
+        frames = native_frame(frames) if isinstance(frames, np.ndarray) else np.stack(checked)
         s = self.setup
         hist = self.histogram
         added = kernels.accumulate_frames(

@@ -58,8 +58,10 @@ class QGrid:
         q_min, q_max = np.asarray(q_min, float), np.asarray(q_max, float)
         bins = tuple(int(b) for b in bins)
         span = np.maximum(q_max - q_min, 1e-12)
-        step = np.where(np.asarray(bins) > 1, span / np.maximum(np.asarray(bins) - 1, 1), span)
-        return cls(tuple(q_min), tuple(float(s) for s in step), bins)
+        single = np.asarray(bins) == 1
+        step = np.where(single, span, span / np.maximum(np.asarray(bins) - 1, 1))
+        lo = np.where(single, q_min + 0.5 * span, q_min)   # one bin: centred on the range
+        return cls(tuple(float(v) for v in lo), tuple(float(s) for s in step), bins)
 
     def describe(self) -> dict:
         return {"lo": list(self.lo), "step": list(self.step), "bins": list(self.bins)}
@@ -103,6 +105,22 @@ def histogram_bytes(n_points: int, bins, itemsize: int) -> int:
     return int(n_points) * int(np.prod(bins)) * int(itemsize)
 
 
+def _size(n_bytes: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{int(n_bytes)} B"
+
+
+def bins_that_fit(bins, max_bins_per_point: int) -> tuple[int, int, int]:
+    """The largest bins of the same proportions as ``bins`` with at most that many in all."""
+    scale = (max_bins_per_point / float(np.prod(bins))) ** (1.0 / 3.0)
+    fit = [max(1, int(b * scale)) for b in bins]
+    while int(np.prod(fit)) > max_bins_per_point and max(fit) > 1:
+        fit[int(np.argmax(fit))] -= 1          # max(1, ...) may have rounded a small axis up
+    return tuple(fit)
+
+
 def check_histogram_budget(n_points: int, bins, itemsize: int, budget_bytes: int) -> None:
     """Refuse, before the scan starts, a histogram that would not fit ``budget_bytes``.
 
@@ -112,13 +130,15 @@ def check_histogram_budget(n_points: int, bins, itemsize: int, budget_bytes: int
     if need <= budget_bytes:
         return
     per_point = budget_bytes // max(int(n_points) * int(itemsize), 1)
-    cube = int(np.floor(per_point ** (1.0 / 3.0))) if per_point > 0 else 0
-    scale = (per_point / float(np.prod(bins))) ** (1.0 / 3.0)
-    scaled = tuple(max(1, int(b * scale)) for b in bins)
+    bins = tuple(int(b) for b in bins)
+    if per_point < 1:
+        fits = "not even one bin per map pixel fits"
+    else:
+        cube = int(np.floor(per_point ** (1.0 / 3.0) + 1e-9))
+        fits = (f"at most {per_point} bins per map pixel fit: for example "
+                f"{bins_that_fit(bins, per_point)} (same proportions) or {cube}x{cube}x{cube}")
     raise HistogramBudgetError(
-        f"a q-space histogram of {tuple(int(b) for b in bins)} bins for {n_points} map pixels "
-        f"needs {need / 2**20:.0f} MiB, over the budget of {budget_bytes / 2**20:.0f} MiB. "
-        f"At most {per_point} bins per map pixel fit: for example {scaled} "
-        f"(same proportions) or {cube}x{cube}x{cube}; or raise histogram_budget_mib, "
-        f"or set histogram bins to 0 to keep moments only"
+        f"a q-space histogram of {bins} bins for {n_points} map pixels needs {_size(need)}, "
+        f"over the budget of {_size(budget_bytes)}; {fits}; or raise histogram_budget_mib, "
+        f"or set the histogram bins to 0 0 0 to keep moments only"
     )

@@ -3,7 +3,7 @@
 Pure functions on arrays (no I/O, no globals, no logging), compiled ``nogil`` so several
 threads can accumulate at once. Each has a numpy reference implementation in the tests.
 
-For a pixel p of the ROI with counts c (kept when ``c >= threshold``, not masked), weight
+For a pixel p of the ROI with counts c (kept when ``c >= threshold``, so never NaN, and not masked), weight
 ``w = c * scale`` (``scale`` = 1 / monitor, or 1) and ``dq = R . kf[p] + offset`` where
 ``R = R_sample^T`` and ``offset = -R . k_i - q_ref``, so ``dq = q - q_ref``:
 
@@ -35,7 +35,7 @@ def _accumulate_one(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
     for i in range(h):
         for j in range(w):
             c = frame[r0 + i, c0 + j]
-            if c == 0 or c < threshold or mask[i, j]:
+            if c == 0 or not c >= threshold or mask[i, j]:  # NaN fails c >= threshold
                 continue
             wt = c * scale
             kx, ky, kz = kf[i, j, 0], kf[i, j, 1], kf[i, j, 2]

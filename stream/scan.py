@@ -46,6 +46,10 @@ class ScanDescription:
         rows, cols = self.shape
         if rows < 1 or cols < 1:
             raise ConfigError(f"scan shape must be positive, got {self.shape}")
+        for dim, (first, last) in enumerate(self.extents_um):
+            if self.shape[dim] > 1 and not abs(last - first) > 0:
+                raise ConfigError(f"scan extents of map dimension {dim} ({first}, {last}) must "
+                                  f"differ for {self.shape[dim]} points")
         if len(self.rocking_angles) < 1:
             raise ConfigError("scan needs at least one rocking angle")
         if self.frames_per_point < 1:

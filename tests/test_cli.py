@@ -26,7 +26,7 @@ def test_demo_refuses_a_histogram_over_budget_and_says_what_fits(tmp_path, capsy
                  "--out", str(tmp_path)])
     assert code == 2
     err = capsys.readouterr().err
-    assert "over the budget of 10 MiB" in err and "bins per map pixel fit" in err
+    assert "over the budget of 10.0 MiB" in err and "bins per map pixel fit" in err
     assert not (tmp_path / "sxdm_results.h5").exists()
 
 
