@@ -26,22 +26,42 @@ N_MOMENTS = 10
 @njit(nogil=True, cache=True)
 def _accumulate_one(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
                     scale, threshold, moments, hist):
+    # Shaped for speed (see benchmarks/README.md): rows are taken as views so the inner
+    # loops index from 0 (numba's negative-index handling on frame[r0 + i, c0 + j] stops
+    # vectorisation); the non-zero columns of a row are first collected without branching,
+    # so the kf loads of the hits are not serialised by mispredictions; constants live in
+    # locals because numba gives LLVM no aliasing information to hoist them past hist stores.
     h, w = mask.shape
     use_hist = hist.size > 0
-    by, bz = bins[1], bins[2]
+    bx, by, bz = bins[0], bins[1], bins[2]
+    r00, r01, r02 = rot[0, 0], rot[0, 1], rot[0, 2]
+    r10, r11, r12 = rot[1, 0], rot[1, 1], rot[1, 2]
+    r20, r21, r22 = rot[2, 0], rot[2, 1], rot[2, 2]
+    o0, o1, o2 = offset[0], offset[1], offset[2]
+    e0, e1, e2 = edge0[0], edge0[1], edge0[2]
+    i0, i1, i2 = inv_step[0], inv_step[1], inv_step[2]
+    cols = np.empty(w, np.int64)
     s0 = 0.0
     s1x = s1y = s1z = 0.0
     sxx = sxy = sxz = syy = syz = szz = 0.0
     for i in range(h):
+        row = frame[r0 + i, c0:c0 + w]
+        mrow = mask[i]
+        kfrow = kf[i]
+        n = 0
         for j in range(w):
-            c = frame[r0 + i, c0 + j]
-            if c == 0 or not c >= threshold or mask[i, j]:  # NaN fails c >= threshold
+            cols[n] = j
+            n += row[j] != 0
+        for k in range(n):
+            j = cols[k]
+            c = row[j]
+            if not c >= threshold or mrow[j]:      # NaN fails c >= threshold
                 continue
             wt = c * scale
-            kx, ky, kz = kf[i, j, 0], kf[i, j, 1], kf[i, j, 2]
-            dx = rot[0, 0] * kx + rot[0, 1] * ky + rot[0, 2] * kz + offset[0]
-            dy = rot[1, 0] * kx + rot[1, 1] * ky + rot[1, 2] * kz + offset[1]
-            dz = rot[2, 0] * kx + rot[2, 1] * ky + rot[2, 2] * kz + offset[2]
+            kx, ky, kz = kfrow[j, 0], kfrow[j, 1], kfrow[j, 2]
+            dx = r00 * kx + r01 * ky + r02 * kz + o0
+            dy = r10 * kx + r11 * ky + r12 * kz + o1
+            dz = r20 * kx + r21 * ky + r22 * kz + o2
             s0 += wt
             s1x += wt * dx
             s1y += wt * dy
@@ -53,12 +73,12 @@ def _accumulate_one(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
             syz += wt * dy * dz
             szz += wt * dz * dz
             if use_hist:
-                fx = (dx - edge0[0]) * inv_step[0]
-                fy = (dy - edge0[1]) * inv_step[1]
-                fz = (dz - edge0[2]) * inv_step[2]
+                fx = (dx - e0) * i0
+                fy = (dy - e1) * i1
+                fz = (dz - e2) * i2
                 if fx >= 0.0 and fy >= 0.0 and fz >= 0.0:
                     ix, iy, iz = int(fx), int(fy), int(fz)
-                    if ix < bins[0] and iy < by and iz < bz:
+                    if ix < bx and iy < by and iz < bz:
                         hist[(ix * by + iy) * bz + iz] += wt
     moments[S0] += s0
     moments[S1X] += s1x
