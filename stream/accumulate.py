@@ -25,7 +25,7 @@ import numpy as np
 
 from . import kernels
 from .errors import BadFrameError, ConfigError
-from .geometry import Geometry
+from .geometry import Geometry, geometry_from_description
 from .grid import DEFAULT_MAX_BINS, QGrid, check_histogram_budget, grid_for_scan
 from .scan import ScanDescription
 
@@ -137,6 +137,22 @@ class ScanSetup:
         return hits.reshape(self.grid.bins)
 
 
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def setup_from_description(d: dict, mask: np.ndarray | None = None) -> ScanSetup:
+    """Rebuild a :class:`ScanSetup` from :meth:`ScanSetup.describe` (and the pixel mask)."""
+    try:
+        settings = AccumulationSettings(**{k: _tuples(v) for k, v in d["settings"].items()})
+        return ScanSetup(geometry_from_description(d["geometry"], mask),
+                         ScanDescription.from_description(d["scan"]), settings)
+    except KeyError as exc:
+        raise ConfigError(f"scan set-up description lacks the key {exc.args[0]!r}") from None
+    except TypeError as exc:
+        raise ConfigError(f"scan set-up description is malformed: {exc}") from None
+
+
 class Accumulator:
     """Per-map-pixel sums of one scan: moments per rocking angle, q histograms, frame counts."""
 
@@ -238,6 +254,15 @@ class Accumulator:
     def state(self) -> dict[str, np.ndarray]:
         """The arrays that define this accumulator (for checkpoints and merging elsewhere)."""
         return {"moments": self.moments, "histogram": self.histogram, "frame_count": self.frame_count}
+
+    def copy(self) -> "Accumulator":
+        """An independent copy (for writing or publishing while frames keep coming)."""
+        acc = object.__new__(Accumulator)
+        acc.setup = self.setup
+        acc.moments = self.moments.copy()
+        acc.histogram = self.histogram.copy()
+        acc.frame_count = self.frame_count.copy()
+        return acc
 
     @classmethod
     def from_state(cls, setup: ScanSetup, state: dict[str, np.ndarray]) -> "Accumulator":

@@ -1,112 +1,158 @@
 """Command line: parse, build the configuration, call the library.
 
-``sxdm-stream demo`` simulates the default LiNiO2 scan, accumulates every frame in-process,
-derives the maps and writes ``sxdm_results.h5`` (NeXus) and ``sxdm_overview.png``.
+  sxdm-stream demo       simulated detector and live processor together over loopback ZeroMQ
+                         (no hardware): writes sxdm_results.h5 and sxdm_overview.png
+  sxdm-stream simulate   a simulated detector: sends scans as a DECTRIS stream (PUSH, binds)
+  sxdm-stream process    the live processor: connects to a detector stream, keeps the maps,
+                         publishes snapshots, writes results and checkpoints
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
 from pathlib import Path
 
 from . import __version__
-from .config import Config, load_config, override
+from .config import Config, load_config, load_scan_file, override
 from .errors import SxdmError
 
 log = logging.getLogger("sxdm_stream")
 
 
-def _add_demo_parser(sub) -> None:
-    p = sub.add_parser("demo", help="simulate a scan, process it in-process, write results and a PNG",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _simulation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML configuration file (see sxdm_stream.config)")
-    p.add_argument("--out", type=Path, help="output directory (default: results)")
     p.add_argument("--shape", type=int, nargs=2, metavar=("ROWS", "COLS"), help="map shape")
     p.add_argument("--angles", type=int, help="number of rocking angles")
     p.add_argument("--detector", choices=["maxipix_2x2", "eiger2_500k"])
     p.add_argument("--counts", type=float, help="integrated counts at the particle's thickest point")
     p.add_argument("--seed", type=int)
+
+
+def _processing_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bins", type=int, nargs=3, metavar=("BX", "BY", "BZ"),
                    help="q histogram bins (0 0 0: moments only)")
     p.add_argument("--budget-mib", type=float, help="memory budget of the q histograms")
-    p.set_defaults(run=run_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sxdm-stream", description="Live SXDM processing")
+    parser = argparse.ArgumentParser(prog="sxdm-stream", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"sxdm-stream {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_demo_parser(sub)
+
+    demo = sub.add_parser("demo", help="simulator and processor together, no hardware")
+    _simulation_args(demo)
+    _processing_args(demo)
+    demo.add_argument("--out", type=Path, help="output directory (default: results)")
+    demo.add_argument("--in-process", action="store_true",
+                      help="feed frames directly, without the simulated detector and sockets")
+    demo.add_argument("--format", choices=["cbor", "legacy"], default="cbor",
+                      help="DECTRIS stream version 2 (cbor) or 1 (legacy)")
+    demo.set_defaults(run=run_demo)
+
+    sim = sub.add_parser("simulate", help="simulated detector: send scans as a DECTRIS stream")
+    _simulation_args(sim)
+    sim.add_argument("--bind", default="tcp://127.0.0.1:31001",
+                     help="PUSH endpoint to bind (default tcp://127.0.0.1:31001; '*' for any port)")
+    sim.add_argument("--format", choices=["cbor", "legacy"], default="cbor")
+    sim.add_argument("--compression", choices=["bslz4", "lz4", "none"], default="bslz4")
+    sim.add_argument("--rate", type=float, help="images per second (default: as fast as taken)")
+    sim.add_argument("--series", type=int, default=1, help="number of scans to send")
+    sim.add_argument("--no-positions", action="store_true", help="no positions in image user_data")
+    sim.set_defaults(run=run_simulate)
+
+    proc = sub.add_parser("process", help="live processor of a DECTRIS stream")
+    proc.add_argument("--connect", action="append", required=True,
+                      help="detector stream endpoint, e.g. tcp://HOST:31001 (repeatable)")
+    proc.add_argument("--out", type=Path, required=True, help="results file (NeXus HDF5)")
+    proc.add_argument("--publish", help="PUB endpoint for map snapshots, e.g. tcp://127.0.0.1:5560")
+    proc.add_argument("--scan-file", type=Path,
+                      help="TOML/JSON with [scan] and [geometry], for streams that carry none")
+    proc.add_argument("--resume", action="store_true", help="continue from the checkpoint of --out")
+    proc.add_argument("--policy", choices=["block", "drop"], default="block",
+                      help="when processing falls behind: block the sender (default) or drop")
+    proc.add_argument("--series", type=int, help="exit after this many complete series")
+    proc.add_argument("--config", type=Path, help="TOML configuration file")
+    _processing_args(proc)
+    proc.set_defaults(run=run_process)
     return parser
 
 
-def demo_config(args: argparse.Namespace) -> Config:
-    config = load_config(args.config)
-    config = override(config, "simulation", shape=args.shape, n_angles=args.angles,
-                      detector=args.detector, counts=args.counts, seed=args.seed)
-    config = override(config, "accumulation", histogram_bins=args.bins,
-                      histogram_budget_mib=args.budget_mib)
-    return override(config, "output", directory=str(args.out) if args.out else None)
+def config_from_args(args: argparse.Namespace) -> Config:
+    config = load_config(getattr(args, "config", None))
+    config = override(config, "simulation", shape=getattr(args, "shape", None),
+                      n_angles=getattr(args, "angles", None), detector=getattr(args, "detector", None),
+                      counts=getattr(args, "counts", None), seed=getattr(args, "seed", None))
+    config = override(config, "accumulation", histogram_bins=getattr(args, "bins", None),
+                      histogram_budget_mib=getattr(args, "budget_mib", None))
+    out = getattr(args, "out", None)
+    return override(config, "output", directory=str(out) if out and args.command == "demo" else None)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .simulators.scenarios import default_scenario   # the CLI is the top layer
-    from .simulators.validation import accuracy_report, format_report
-    from .accumulate import ScanSetup
-    from .hdf5 import write_results
-    from .overview import write_overview_png
-    from .pipeline import ScanProcessor
+    from .simulators.demo import run_demo as demo      # the CLI is the top layer
+    from .simulators.validation import format_report
 
-    config = demo_config(args)
-    scenario = default_scenario(**vars(config.simulation))
-    setup = ScanSetup(scenario.geometry, scenario.scan, config.accumulation)
-    processor = ScanProcessor(setup, config.maps.mask_fraction, config.maps.d_ref_a or None)
-    scan = scenario.scan
-    log.info("scan %s: %dx%d map, %d rocking angles, %d frames; q grid %s bins",
-             scan.scan_id, *scan.shape, scan.n_angles, scan.n_frames,
-             "x".join(map(str, setup.grid.bins)) if setup.keep_histogram else "(none)")
-    _process_with_progress(processor, scenario.simulator)
-    maps = processor.maps()
-    out = Path(config.output.directory)
-    out.mkdir(parents=True, exist_ok=True)
-    results, overview = out / "sxdm_results.h5", out / "sxdm_overview.png"
-    write_results(results, maps, setup, processor.accumulator, config=_config_dict(config),
-                  hits=setup.hits() if setup.keep_histogram else None,
-                  extra_attrs={"status": "complete", **_flat_counters(processor)})
-    write_overview_png(overview, maps, scan, title=f"sxdm-stream demo: {scan.scan_id}")
-    print(f"frames: {processor.counters.summary()}")
-    print(f"d_ref = {maps.d_ref:.5f} A, mask {int(maps.mask.sum())} of {maps.mask.size} pixels")
-    print(format_report(accuracy_report(maps, scenario.simulator.truth())))
-    print(f"wrote {results} and {overview}")
+    result = demo(config_from_args(args), live=not args.in_process, fmt=args.format)
+    print(f"frames: {result.frames}")
+    print(f"d_ref = {result.maps.d_ref:.5f} A, mask {int(result.maps.mask.sum())} of "
+          f"{result.maps.mask.size} pixels")
+    print(format_report(result.accuracy))
+    print(f"wrote {result.results_path} and {result.overview_path}")
     return 0
 
 
-def _process_with_progress(processor, simulator, every_s: float = 1.0) -> None:
-    total = processor.setup.scan.n_frames
-    last = time.perf_counter()
-    for index, _angle, _point, frame in simulator.frames(reuse_buffer=True):
-        processor.add(index, frame)
-        now = time.perf_counter()
-        if now - last >= every_s or index + 1 == total:
-            last = now
-            c = processor.counters
-            log.info("frames %d/%d (%.0f%%), %.0f frames/s, rejected %d",
-                     c.received, total, 100.0 * c.received / total, c.rate(), c.n_rejected)
+def run_simulate(args: argparse.Namespace) -> int:
+    from .simulators.scenarios import default_scenario
+    from .simulators.sender import SimulatedDetector
+
+    config = config_from_args(args)
+    scenario = default_scenario(**dataclasses.asdict(config.simulation))
+    detector = SimulatedDetector(scenario, args.bind, fmt=args.format, compression=args.compression,
+                                 rate_hz=args.rate, positions=not args.no_positions)
+    print(f"endpoint: {detector.endpoint}", flush=True)
+    try:
+        for series in range(1, args.series + 1):
+            t0 = time.perf_counter()
+            n = detector.send_series(series_id=series)
+            dt = time.perf_counter() - t0
+            log.info("series %d: sent %d images in %.1f s (%.0f images/s)", series, n, dt, n / dt)
+    finally:
+        detector.close()
+    return 0
 
 
-def _flat_counters(processor) -> dict:
-    c = processor.counters
-    return {"frames_received": c.received, "frames_processed": c.processed,
-            "frames_rejected": c.n_rejected}
+def run_process(args: argparse.Namespace) -> int:
+    from .live import LiveProcessor, LiveSettings, ScanOverride, format_status
 
-
-def _config_dict(config: Config) -> dict:
-    import dataclasses
-    return dataclasses.asdict(config)
+    config = config_from_args(args)
+    override_ = None
+    if args.scan_file:
+        scan, geometry = load_scan_file(args.scan_file)
+        override_ = ScanOverride(scan, geometry)
+    settings = LiveSettings(accumulation=config.accumulation, mask_fraction=config.maps.mask_fraction,
+                            d_ref=config.maps.d_ref_a or None, policy=args.policy)
+    processor = LiveProcessor(args.connect, out=args.out, publish=args.publish, settings=settings,
+                              override=override_, resume=args.resume, max_series=args.series)
+    log.info("receiving from %s%s", ", ".join(args.connect),
+             f", publishing snapshots on {processor.publish_endpoint}" if args.publish else "")
+    processor.start()
+    try:
+        while not processor.wait(1.0):
+            log.info("%s", format_status(processor.status()))
+    except KeyboardInterrupt:
+        log.info("interrupted: writing results (the checkpoint allows --resume)")
+    finally:
+        processor.stop()
+    log.info("%s", format_status(processor.status()))
+    for r in processor.results:
+        log.info("series %s: %s -> %s", r.series_id, "complete" if r.complete else "incomplete", r.path)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

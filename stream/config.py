@@ -202,3 +202,28 @@ def _tomlish(d: dict) -> dict:
             continue
         out[k] = [list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, tuple) else v
     return out
+
+
+def load_scan_file(path: str | Path):
+    """(ScanDescription, Geometry) from a TOML or JSON file with ``scan`` and ``geometry``
+    tables in the layout of their ``describe()`` (what the simulator puts in user_data).
+
+    For detectors that send no scan description; the pixel mask comes from the detector.
+    """
+    import json
+
+    from .geometry import geometry_from_description
+    from .scan import ScanDescription
+
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text.decode())
+    except OSError as exc:
+        raise ConfigError(f"cannot read scan file {path}: {exc.strerror}") from None
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from None
+    for key in ("scan", "geometry"):
+        if key not in data:
+            raise ConfigError(f"scan file {path} lacks the [{key}] table")
+    return ScanDescription.from_description(data["scan"]), geometry_from_description(data["geometry"])

@@ -30,3 +30,14 @@ class BadFrameError(SxdmError, ValueError):
 
 class IncompatibleFileError(SxdmError):
     """A file is not of the layout or version we can read."""
+
+
+class BadMessageError(SxdmError, ValueError):
+    """A message from a socket cannot be decoded (malformed, unknown tag, truncated payload...).
+
+    ``reason`` is a short stable key under which the processor counts such messages.
+    """
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -268,6 +268,35 @@ class Geometry:
         }
 
 
+def geometry_from_description(d: Mapping, mask: np.ndarray | None = None) -> Geometry:
+    """Inverse of :meth:`Geometry.describe`; the pixel mask travels separately (it is big).
+
+    Raises ConfigError naming a missing or malformed key.
+    """
+    try:
+        det = d["detector"]
+        detector = Detector(
+            shape=tuple(int(v) for v in det["shape"]),
+            pixel_size_m=float(det["pixel_size_m"]),
+            distance_m=float(det["distance_m"]),
+            beam_center=tuple(float(v) for v in det["beam_center"]),
+            roi=tuple(int(v) for v in det["roi"]) if det.get("roi") is not None else None,
+            mask=mask,
+            row_direction=str(det.get("row_direction", "z-")),
+            col_direction=str(det.get("col_direction", "y+")),
+            name=str(det.get("name", "detector")),
+        )
+        diffractometer = Diffractometer(
+            sample_axes=tuple(Axis(str(n), str(a), float(o)) for n, a, o in d["sample_axes"]),
+            detector_axes=tuple(Axis(str(n), str(a), float(o)) for n, a, o in d["detector_axes"]),
+        )
+        return Geometry(detector, float(d["energy_ev"]), diffractometer)
+    except KeyError as exc:
+        raise ConfigError(f"geometry description lacks the key {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"geometry description is malformed: {exc}") from None
+
+
 def _lru_get(cache: OrderedDict, key: tuple):
     value = cache.get(key)
     if value is not None:

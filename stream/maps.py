@@ -32,6 +32,28 @@ DEFAULT_MASK_FRACTION = 0.2
 _FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 
+#: the 2D maps: name -> (units, title). The names are those of results files
+#: and published snapshots.
+MAP_FIELDS: dict[str, tuple[str, str]] = {
+    "intensity": ("counts", "integrated intensity"),
+    "d_spacing": ("angstrom", "d-spacing 2 pi / |Q|"),
+    "strain": ("microstrain", "strain (d - d_ref) / d_ref"),
+    "tilt_altitude": ("degree", "tilt: angle between Q and the mean direction"),
+    "tilt_azimuth": ("degree", "tilt azimuth about the mean direction"),
+    "q_abs": ("1/angstrom", "|Q| of the centre of mass"),
+    "qx": ("1/angstrom", "centre of mass Qx (sample frame)"),
+    "qy": ("1/angstrom", "centre of mass Qy (sample frame)"),
+    "qz": ("1/angstrom", "centre of mass Qz (sample frame)"),
+    "fwhm_qx": ("1/angstrom", "FWHM of the peak along qx"),
+    "fwhm_qy": ("1/angstrom", "FWHM of the peak along qy"),
+    "fwhm_qz": ("1/angstrom", "FWHM of the peak along qz"),
+    "misorientation": ("", "misorientation: hue = azimuth, saturation = altitude / max"),
+    "strain_stderr": ("microstrain", "strain standard error (counting statistics)"),
+    "tilt_stderr": ("degree", "tilt standard error (counting statistics)"),
+    "mask": ("", "map pixels inside the intensity mask (1) or outside (0)"),
+}
+
+
 @dataclass(frozen=True)
 class MapSet:
     """Every map of a scan, each (rows, cols[, 3]); derived maps are NaN outside the mask.
@@ -215,3 +237,28 @@ def histogram_com(histogram: np.ndarray, hits: np.ndarray, grid) -> np.ndarray:
             total = proj.sum(axis=1)
             com[:, axis] = (proj @ grid.centres(axis)) / total
     return com
+
+
+def map_arrays(maps: MapSet) -> dict[str, np.ndarray]:
+    """The arrays of a :class:`MapSet` under the names used in results files.
+
+    Parameters
+    ----------
+    maps : the maps of one scan.
+
+    Returns
+    -------
+    dict of name -> array, the same names and values :func:`read_maps` gives back
+    (``mask`` as bool, ``misorientation`` (rows, cols, 3), ``intensity_per_angle``
+    (angles, rows, cols)).
+    """
+    com, fwhm = np.asarray(maps.com), np.asarray(maps.fwhm)
+    arrays = dict(intensity=maps.intensity, d_spacing=maps.d_spacing, strain=maps.strain,
+                  tilt_altitude=maps.tilt_altitude, tilt_azimuth=maps.tilt_azimuth,
+                  q_abs=maps.q_abs)
+    arrays.update({f"q{axis}": com[..., i] for i, axis in enumerate("xyz")})
+    arrays.update({f"fwhm_q{axis}": fwhm[..., i] for i, axis in enumerate("xyz")})
+    arrays.update(misorientation=maps.misorientation_rgb, strain_stderr=maps.strain_stderr,
+                  tilt_stderr=maps.tilt_stderr, mask=np.asarray(maps.mask, dtype=bool),
+                  intensity_per_angle=maps.intensity_per_angle)
+    return {name: np.asarray(value) for name, value in arrays.items()}

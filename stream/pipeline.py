@@ -12,6 +12,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 
@@ -55,19 +56,54 @@ class ScanProcessor:
         self.counters = FrameCounters()
         self.mask_fraction = mask_fraction
         self.d_ref = d_ref
+        #: which frame indices are in the sums (duplicates are refused; resume skips them)
+        self.included = np.zeros(setup.scan.n_frames, dtype=bool)
+        #: rocking angles finished: the acquisition has moved past them
+        self.angles_done = 0
         self._reported: set[str] = set()
 
-    def add(self, frame_index: int, frame: np.ndarray, monitor: float | None = None) -> bool:
-        """Join a frame to its map pixel by index and add it; False if it was rejected."""
+    def add(self, frame_index: int, frame: np.ndarray, monitor: float | None = None,
+            positions: Mapping[str, float] | None = None) -> bool:
+        """Join a frame to its map pixel and add it; False if it was rejected.
+
+        The frame index gives the rocking angle and, unless measured ``positions`` of both map
+        motors are given, the map pixel; measured positions place the frame on the nearest
+        grid pixel instead.
+        """
         self.counters.received += 1
         try:
             angle, point = self.setup.scan.locate(int(frame_index))
+            if positions is not None:
+                point = self._point_from_positions(positions, point)
+            if self.included[frame_index]:
+                raise BadFrameError(f"frame index {frame_index} was already added", "duplicate_image")
             self.accumulator.add_frame(frame, angle, point, monitor)
         except BadFrameError as exc:
             self._reject(exc.reason, f"frame {frame_index}: {exc}")
             return False
+        self.included[frame_index] = True
         self.counters.processed += 1
+        self.angles_done = max(self.angles_done, angle)
         return True
+
+    def _point_from_positions(self, positions: Mapping[str, float], default: int) -> int:
+        scan = self.setup.scan
+        if not all(m in positions for m in scan.motors):
+            return default
+        values = [positions[m] for m in scan.motors]
+        try:
+            row_um, col_um = (float(v) for v in values)
+        except (TypeError, ValueError):
+            raise BadFrameError(f"positions {values} of {scan.motors} are not numbers",
+                                "bad_position") from None
+        if not (np.isfinite(row_um) and np.isfinite(col_um)):
+            raise BadFrameError(f"position {dict(zip(scan.motors, values))} is not finite",
+                                "bad_position")
+        point = scan.pixel_of_position(row_um, col_um)
+        if point is None:
+            raise BadFrameError(f"position {dict(zip(scan.motors, values))} um is outside the "
+                                f"map grid {scan.extents_um}", "outside_grid")
+        return point
 
     def _reject(self, reason: str, message: str) -> None:
         self.counters.rejected[reason] += 1
@@ -79,7 +115,7 @@ class ScanProcessor:
     @property
     def complete(self) -> bool:
         """True when every frame of the scan has been added."""
-        return bool(np.all(self.accumulator.frame_count >= self.setup.scan.frames_per_point))
+        return bool(self.included.all())
 
     def maps(self) -> MapSet:
         return derive_maps(self.accumulator.moments, self.setup.q_ref, self.setup.scan.shape,

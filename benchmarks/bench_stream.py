@@ -1,0 +1,143 @@
+"""End-to-end streaming benchmark: detector process -> ZeroMQ -> live processor.
+
+A sender process plays a DECTRIS stream v2 detector (PUSH, bound on loopback) of 516 x 516
+uint32 frames with a given fraction of non-zero pixels, bslz4-compressed or uncompressed. To
+measure the processor and not the simulator, the sender pre-encodes a pool of distinct images
+and only wraps each in its CBOR image message (image_id, times) when sending. The processor
+(this process) is the real :class:`sxdm_stream.live.LiveProcessor`: receive, decode,
+accumulate (moments + 32^3 histogram), publish snapshots (10 Hz) on a PUB socket.
+
+Printed per run: sustained frames/s (first image received to last processed), images dropped,
+and the frame-to-snapshot latency p50/p99 (from the frame's arrival at the processor to the
+publication of the first snapshot that includes it). With ``--policy block`` (default) nothing
+can be dropped and the sender is slowed to the processor's pace; with ``--policy drop --rate R``
+the sender keeps its rate and what the processor cannot take is dropped and counted.
+
+    .venv/bin/python benchmarks/bench_stream.py                  # both payloads, full frame + ROI
+    .venv/bin/python benchmarks/bench_stream.py --frames 20000 --policy drop --rate 4000
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+from sxdm_stream.accumulate import AccumulationSettings  # noqa: E402
+from sxdm_stream.geometry import Detector, Geometry  # noqa: E402
+from sxdm_stream.live import LiveProcessor, LiveSettings  # noqa: E402
+from sxdm_stream.messages import SXDM_KEY, ImageFrame, SeriesEnd, SeriesStart  # noqa: E402
+from sxdm_stream.scan import ScanDescription  # noqa: E402
+
+SHAPE = (516, 516)
+
+
+def make_scan(n_frames: int) -> ScanDescription:
+    points = 60 * 60
+    n_angles = max(1, -(-n_frames // points))
+    return ScanDescription(shape=(60, 60), extents_um=((0, 5.9), (0, 5.9)),
+                           rocking_angles=tuple(9.05 + 0.01 * np.arange(n_angles)),
+                           fixed_angles={"phi": 0.0, "nu": 0.0, "delta": 18.1})
+
+
+def make_geometry(roi: int | None) -> Geometry:
+    c = SHAPE[0] // 2
+    det = Detector(SHAPE, 55e-6, 0.6, (c, c),
+                   roi=None if roi is None else (c - roi // 2, c + roi // 2, c - roi // 2, c + roi // 2))
+    return Geometry(det, 8330.0)
+
+
+def sender(endpoint_queue, n_frames: int, density: float, compression: str | None,
+           roi: int | None, rate: float | None, pool_size: int) -> None:
+    """The detector process: bind PUSH, send start, n_frames images, end."""
+    import zmq
+
+    from sxdm_stream.compression import encode_array
+    from sxdm_stream.dectris import encode_end_v2, encode_image_v2, encode_start_v2
+
+    rng = np.random.default_rng(1)
+    pool = []
+    for _ in range(pool_size):
+        frame = np.zeros(SHAPE, np.uint32)
+        hits = rng.random(SHAPE) < density
+        frame[hits] = rng.poisson(3.0, int(hits.sum())) + 1
+        pool.append((frame, encode_array(frame, compression)))
+    scan, geometry = make_scan(n_frames), make_geometry(roi)
+    sock = zmq.Context.instance().socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, 64)
+    sock.bind("tcp://127.0.0.1:*")
+    endpoint_queue.put(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+    start = SeriesStart(1, "bench", SHAPE, "uint32", n_frames, 8330.0, pixel_size_m=55e-6,
+                        user_data={SXDM_KEY: {"scan": scan.describe(), "geometry": geometry.describe()}})
+    sock.send(encode_start_v2(start))
+    t0 = time.perf_counter()
+    for i in range(n_frames):
+        if rate:
+            delay = t0 + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        frame, encoded = pool[i % pool_size]
+        sock.send(encode_image_v2(ImageFrame(1, i, frame, "bench"), encoded=encoded))
+    sent_s = time.perf_counter() - t0
+    sock.send(encode_end_v2(SeriesEnd(1, "bench")))
+    endpoint_queue.put(n_frames / sent_s)
+    sock.close(linger=5000)
+
+
+def run(n_frames: int, density: float, compression: str | None, roi: int | None,
+        policy: str, rate: float | None, pool_size: int) -> dict:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=sender, args=(q, n_frames, density, compression, roi, rate, pool_size))
+    proc.start()
+    endpoint = q.get(timeout=120)
+    settings = LiveSettings(accumulation=AccumulationSettings(histogram_bins=(32, 32, 32)),
+                            policy=policy, snapshot_hz=10.0)
+    live = LiveProcessor(endpoint, publish="tcp://127.0.0.1:*", settings=settings, max_series=1)
+    with live:
+        if not live.wait(600):
+            print("  (timed out)", file=sys.stderr)
+    send_rate = q.get(timeout=60)
+    proc.join(60)
+    s = live.status()
+    return {"sent/s": send_rate, "frames/s": s["frames_per_s"], "processed": s["processed"],
+            "dropped": s["dropped"], "rejected": sum(s["rejected"].values()),
+            "p50 ms": 1000 * (s["latency_p50_s"] or float("nan")),
+            "p99 ms": 1000 * (s["latency_p99_s"] or float("nan"))}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--frames", type=int, default=20000)
+    p.add_argument("--density", type=float, default=0.05, help="fraction of non-zero pixels")
+    p.add_argument("--policy", choices=["block", "drop"], default="block")
+    p.add_argument("--rate", type=float, help="sender images/s (default: as fast as possible)")
+    p.add_argument("--pool", type=int, default=64, help="distinct pre-encoded images")
+    p.add_argument("--roi", type=int, nargs="*", default=[0, 128],
+                   help="square detector ROI sizes to run (0 = whole detector)")
+    p.add_argument("--compression", nargs="*", default=["bslz4", "none"])
+    args = p.parse_args(argv)
+    print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()}, OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS')}")
+    print(f"{args.frames} frames 516x516 uint32, {100 * args.density:.0f}% non-zero, policy "
+          f"{args.policy}, sender rate {args.rate or 'max'}, snapshots 10 Hz, 32^3 histogram")
+    cols = ["sent/s", "frames/s", "processed", "dropped", "rejected", "p50 ms", "p99 ms"]
+    print(f"{'payload':>8} {'roi':>6} " + " ".join(f"{c:>10}" for c in cols))
+    for compression in args.compression:
+        for roi in args.roi:
+            r = run(args.frames, args.density, None if compression == "none" else compression,
+                    roi or None, args.policy, args.rate, args.pool)
+            print(f"{compression:>8} {roi or 'full':>6} " + " ".join(
+                f"{r[c]:>10.0f}" for c in cols), flush=True)
+    print(f"load after: {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The demo: a simulated detector and the live processor together, no hardware.
+
+Live (default): the simulated detector runs in its own process (``sxdm-stream simulate``) and
+sends the scan as a DECTRIS stream over loopback ZeroMQ; the live processor receives, decodes,
+accumulates and writes the results, exactly as at the beamline. In-process: frames go straight
+from the simulator into the accumulator (no sockets, the quickest check of the physics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sxdm_stream.accumulate import ScanSetup
+from sxdm_stream.config import Config
+from sxdm_stream.hdf5 import write_results
+from sxdm_stream.live import LiveProcessor, LiveSettings, format_status
+from sxdm_stream.maps import MapSet
+from sxdm_stream.overview import write_overview_png
+from sxdm_stream.pipeline import ScanProcessor
+
+from .scenarios import Scenario, default_scenario
+from .validation import accuracy_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoResult:
+    maps: MapSet
+    frames: dict
+    accuracy: dict
+    results_path: Path
+    overview_path: Path
+
+
+def simulation_toml(config: Config) -> str:
+    """The [simulation] table of ``config`` as TOML, to hand to a simulator process."""
+    lines = ["[simulation]"]
+    for key, value in dataclasses.asdict(config.simulation).items():
+        if isinstance(value, str):
+            lines.append(f'{key} = "{value}"')
+        elif isinstance(value, (tuple, list)):
+            lines.append(f"{key} = [{', '.join(repr(v) for v in value)}]")
+        else:
+            lines.append(f"{key} = {value!r}")
+    return "\n".join(lines) + "\n"
+
+
+def run_demo(config: Config, live: bool = True, fmt: str = "cbor") -> DemoResult:
+    """Simulate the configured scan, process it, write results and overview; compare to truth."""
+    scenario = default_scenario(**dataclasses.asdict(config.simulation))
+    out = Path(config.output.directory)
+    out.mkdir(parents=True, exist_ok=True)
+    results, overview = out / "sxdm_results.h5", out / "sxdm_overview.png"
+    if live:
+        maps, frames = _run_live(config, scenario, results, fmt)
+    else:
+        maps, frames = _run_in_process(config, scenario, results)
+    write_overview_png(overview, maps, scenario.scan, title=f"sxdm-stream demo: {scenario.scan.scan_id}")
+    return DemoResult(maps, frames, accuracy_report(maps, scenario.simulator.truth()), results, overview)
+
+
+def _run_live(config: Config, scenario: Scenario, results: Path, fmt: str):
+    settings = LiveSettings(accumulation=config.accumulation, mask_fraction=config.maps.mask_fraction,
+                            d_ref=config.maps.d_ref_a or None)
+    # fail on a bad configuration here, before a detector process is started
+    ScanSetup(scenario.geometry, scenario.scan, config.accumulation)
+    with tempfile.TemporaryDirectory() as tmp:
+        sim_config = Path(tmp) / "simulation.toml"
+        sim_config.write_text(simulation_toml(config))
+        child = subprocess.Popen(
+            [sys.executable, "-m", "sxdm_stream.cli", "simulate", "--bind", "tcp://127.0.0.1:*",
+             "--format", fmt, "--config", str(sim_config)],
+            stdout=subprocess.PIPE, text=True)
+        try:
+            endpoint = _read_endpoint(child)
+            log.info("simulated detector (pid %d) streaming on %s", child.pid, endpoint)
+            processor = LiveProcessor(endpoint, out=results, settings=settings, max_series=1)
+            with processor:
+                while not processor.wait(1.0):
+                    if child.poll() not in (None, 0):
+                        raise RuntimeError(f"the simulated detector exited with {child.returncode}")
+                    log.info("%s", format_status(processor.status()))
+            log.info("%s", format_status(processor.status()))
+        finally:
+            _end(child)
+    result = processor.results[-1]
+    return result.maps, _frames_summary(processor.status())
+
+
+def _read_endpoint(child: subprocess.Popen) -> str:
+    line = child.stdout.readline()
+    if not line.startswith("endpoint: "):
+        raise RuntimeError(f"the simulated detector did not start (said {line!r})")
+    return line.split(": ", 1)[1].strip()
+
+
+def _end(child: subprocess.Popen) -> None:
+    try:
+        child.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+    if child.stdout:
+        child.stdout.close()
+
+
+def _frames_summary(status: dict) -> dict:
+    return {k: status[k] for k in ("received", "processed", "rejected", "dropped")} | {
+        "frames_per_s": round(status["frames_per_s"], 1)}
+
+
+def _run_in_process(config: Config, scenario: Scenario, results: Path):
+    setup = ScanSetup(scenario.geometry, scenario.scan, config.accumulation)
+    processor = ScanProcessor(setup, config.maps.mask_fraction, config.maps.d_ref_a or None)
+    total, last = scenario.scan.n_frames, time.perf_counter()
+    for index, _angle, _point, frame in scenario.simulator.frames(reuse_buffer=True):
+        processor.add(index, frame)
+        if time.perf_counter() - last >= 1.0 or index + 1 == total:
+            last = time.perf_counter()
+            log.info("frames %d/%d, %.0f frames/s", processor.counters.received, total,
+                     processor.counters.rate())
+    maps = processor.maps()
+    write_results(results, maps, setup, processor.accumulator,
+                  hits=setup.hits() if setup.keep_histogram else None,
+                  extra_attrs={"status": "complete", "frames_processed": processor.counters.processed})
+    return maps, processor.counters.summary()

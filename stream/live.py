@@ -1,0 +1,527 @@
+"""The live processor: a DECTRIS stream in, maps out while the scan runs.
+
+Three threads, joined by bounded queues, so that decoding, accumulation and file writing
+overlap on two cores (ZeroMQ, the decompressors, numba kernels and h5py release the GIL):
+
+* receiver: PULL socket(s) -> decode (stream v1 or v2, per message) -> frame queue;
+* worker: series bookkeeping, join frame -> map pixel, accumulate, publish snapshots at a
+  bounded rate;
+* writer: results file at the end of each rocking angle and of the scan, checkpoints.
+
+Back-pressure (declared, never silent): with ``policy="block"`` (default) a full frame queue
+stops the receiver, ZeroMQ's queues fill and the detector's PUSH socket waits: nothing is lost,
+the sender slows down. With ``policy="drop"`` images that find the queue full are dropped and
+counted. Series start and end messages are never dropped.
+
+Every message is accounted for: decoded or rejected (by reason) at the receiver; every image
+processed, rejected (by reason) or dropped.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from .accumulate import AccumulationSettings, ScanSetup
+from .checkpoint import checkpoint_path, read_checkpoint, write_checkpoint
+from .dectris import Decoder
+from .errors import BadMessageError, ConfigError, SxdmError
+from .geometry import Geometry, geometry_from_description
+from .hdf5 import write_results
+from .maps import DEFAULT_MASK_FRACTION, MapSet
+from .messages import ImageFrame, SeriesEnd, SeriesStart
+from .pipeline import ScanProcessor
+from .publish import (SnapshotPublisher, decode_pixel_request, encode_pixel_error,
+                      encode_pixel_reply, encode_snapshot)
+from .scan import ScanDescription
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("block", "drop")
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """How the live processor runs. ``snapshot_hz`` bounds the snapshot rate; snapshots also
+    never take more than ~20% of the worker's time (the interval grows on big maps)."""
+
+    accumulation: AccumulationSettings = field(default_factory=AccumulationSettings)
+    mask_fraction: float = DEFAULT_MASK_FRACTION
+    d_ref: float | None = None
+    policy: str = "block"
+    queue_size: int = 256
+    snapshot_hz: float = 10.0
+    checkpoints: bool = True
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ConfigError(f"back-pressure policy {self.policy!r} is not one of {POLICIES}")
+        if self.queue_size < 1 or self.snapshot_hz <= 0:
+            raise ConfigError("queue_size and snapshot_hz must be positive")
+
+
+@dataclass(frozen=True)
+class ScanOverride:
+    """Scan and geometry given by the user (``--scan-file``) for detectors that send none."""
+
+    scan: ScanDescription
+    geometry: Geometry
+
+
+@dataclass
+class SeriesResult:
+    series_id: int
+    series_unique_id: str | None
+    path: Path | None
+    maps: MapSet
+    complete: bool
+
+
+class ReceiverCounters:
+    """What the receiver saw: messages, decode rejections by reason, drops."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.images = 0
+        self.rejected: Counter = Counter()
+        self.dropped = 0
+
+
+class LiveProcessor:
+    """Receives DECTRIS streams from ``connect`` endpoints and keeps the maps of each series.
+
+    Parameters
+    ----------
+    connect : endpoint(s) of the detector's PUSH socket, e.g. "tcp://127.0.0.1:31001".
+    out : results file; checkpoints go beside it. A second series in the same run is written
+        to ``<stem>_<series_id><suffix>`` unless ``out`` contains ``{series_id}``.
+    publish : PUB endpoint for snapshots (None: no publishing).
+    override : scan and geometry to use instead of the stream's own description.
+    resume : load ``out``'s checkpoint and continue that series.
+    max_series : stop by itself after this many completed series (None: run until stopped).
+    serve : REP endpoint answering pixel requests (q histogram, rocking curve of one map
+        pixel; see :mod:`sxdm_stream.publish`), None: no such service.
+    """
+
+    def __init__(self, connect, out: str | Path | None = None, publish: str | None = None,
+                 settings: LiveSettings | None = None, override: ScanOverride | None = None,
+                 resume: bool = False, max_series: int | None = None,
+                 context: zmq.Context | None = None, serve: str | None = None) -> None:
+        self.endpoints = [connect] if isinstance(connect, str) else list(connect)
+        self.out = Path(out) if out is not None else None
+        self.settings = settings or LiveSettings()
+        self.override = override
+        self.max_series = max_series
+        self._context = context or zmq.Context.instance()
+        self._publisher = SnapshotPublisher(publish, self._context) if publish else None
+        self.publish_endpoint = self._publisher.endpoint if self._publisher else None
+        self._service = None
+        if serve:
+            self._service = self._context.socket(zmq.REP)
+            self._service.setsockopt(zmq.LINGER, 0)
+            self._service.bind(serve)
+        self.serve_endpoint = self._service.getsockopt_string(zmq.LAST_ENDPOINT) if serve else None
+        self._frames: queue.Queue = queue.Queue(self.settings.queue_size)
+        self._writes: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self.receiver = ReceiverCounters()
+        self.rejected: Counter = Counter()        # worker-side rejections outside a scan
+        self.results: list[SeriesResult] = []
+        self.processor: ScanProcessor | None = None
+        self.series: SeriesStart | None = None
+        self._series_index = 0
+        self._reported: set[str] = set()
+        self._latencies: collections.deque = collections.deque(maxlen=200_000)
+        self._pending_received: list[float] = []
+        self._snapshot_seq = 0
+        self._snapshot_cost = 0.0
+        self._last_snapshot = 0.0
+        self._angles_written = 0
+        self._started = time.perf_counter()
+        self._threads: list[threading.Thread] = []
+        self.write_errors = 0
+        self._processed_before = 0
+        self._first_image_s: float | None = None
+        self.last_maps: MapSet | None = None
+        if resume:
+            self._resume()
+
+    # ---- life cycle -------------------------------------------------------------------------
+    def start(self) -> "LiveProcessor":
+        for name, target in (("sxdm-receiver", self._receive_loop),
+                             ("sxdm-worker", self._work_loop), ("sxdm-writer", self._write_loop)):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop receiving, finish what is queued, write results (the checkpoint stays)."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout)
+        if self._publisher:
+            self._publisher.close()
+        self._threads = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until ``max_series`` series are complete (True) or the timeout passes."""
+        return self._done.wait(timeout)
+
+    def __enter__(self) -> "LiveProcessor":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ---- receiver thread ----------------------------------------------------------------------
+    def _receive_loop(self) -> None:
+        sock = self._context.socket(zmq.PULL)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 64)
+        for endpoint in self.endpoints:
+            sock.connect(endpoint)
+        decoder = Decoder()
+        try:
+            while not self._stop.is_set():
+                if not sock.poll(100):
+                    continue
+                parts = sock.recv_multipart()
+                received = time.perf_counter()
+                self.receiver.messages += 1
+                try:
+                    message = decoder.decode(parts, received_s=received)
+                except BadMessageError as exc:
+                    self.receiver.rejected[exc.reason] += 1
+                    self._report(exc.reason, f"rejected a message: {exc}")
+                    continue
+                self._enqueue(message)
+        finally:
+            sock.close()
+
+    def _enqueue(self, message) -> None:
+        if isinstance(message, ImageFrame):
+            self.receiver.images += 1
+            if self.settings.policy == "drop":
+                try:
+                    self._frames.put_nowait(message)
+                except queue.Full:
+                    self.receiver.dropped += 1
+                return
+        while not self._stop.is_set():          # block policy, and start/end messages
+            try:
+                self._frames.put(message, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    # ---- worker thread ------------------------------------------------------------------------
+    def _work_loop(self) -> None:
+        try:
+            while True:
+                try:
+                    message = self._frames.get(timeout=0.05)
+                except queue.Empty:
+                    if self._stop.is_set():
+                        break
+                    self._maybe_snapshot()
+                    self._answer_requests()
+                    continue
+                self._handle(message)
+                self._maybe_snapshot()
+                self._answer_requests()
+            self._finish_series(complete=False, final=True)
+        finally:
+            self._writes.put(None)
+            if self._service is not None:
+                self._service.close()
+
+    def _answer_requests(self) -> None:
+        """Answer pending pixel requests (REP), from the worker that owns the sums."""
+        while self._service is not None and self._service.poll(0):
+            parts = self._service.recv_multipart()
+            try:
+                point = decode_pixel_request(parts)
+                self._service.send_multipart(self._pixel_reply(point))
+            except BadMessageError as exc:
+                self._service.send_multipart(encode_pixel_error(str(exc)))
+
+    def _pixel_reply(self, point: int) -> list[bytes]:
+        p = self.processor
+        if p is None:
+            return encode_pixel_error("no scan in progress")
+        scan, setup = p.setup.scan, p.setup
+        if not 0 <= point < scan.n_points:
+            return encode_pixel_error(f"map pixel {point} is outside 0..{scan.n_points - 1}")
+        moments = p.accumulator.moments[:, point].sum(axis=0)
+        com = setup.q_ref + (moments[1:4] / moments[0] if moments[0] > 0 else np.nan)
+        header = {"point": point, "series_id": self.series.series_id, "q_ref": setup.q_ref.tolist(),
+                  "grid": setup.grid.describe() if setup.keep_histogram else None,
+                  "com": np.asarray(com, float).tolist(), "rocking_angles": list(scan.rocking_angles),
+                  "rocking_axis": scan.rocking_axis}
+        arrays = {"rocking_curve": p.accumulator.moments[:, point, 0].copy(), "moments": moments}
+        if setup.keep_histogram:
+            arrays["histogram"] = p.accumulator.histogram[point].reshape(setup.grid.bins).copy()
+        return encode_pixel_reply(header, arrays)
+
+    def _handle(self, message) -> None:
+        try:
+            if isinstance(message, ImageFrame):
+                self._on_image(message)
+            elif isinstance(message, SeriesStart):
+                self._on_start(message)
+            elif isinstance(message, SeriesEnd):
+                self._on_end(message)
+        except SxdmError as exc:                 # a bad start message, an unwritable file...
+            reason = getattr(exc, "reason", "error")
+            self.rejected[reason] += 1
+            self._report(reason, str(exc), level=logging.ERROR)
+
+    def _on_start(self, start: SeriesStart) -> None:
+        if (self.processor is not None and self.series is not None
+                and start.series_unique_id is not None
+                and start.series_unique_id == self.series.series_unique_id):
+            log.info("series %s restarted; continuing its scan", start.series_id)
+            self.series = start
+            return
+        self._finish_series(complete=False, final=False)
+        setup = setup_for_series(start, self.settings.accumulation, self.override)
+        self.processor = ScanProcessor(setup, self.settings.mask_fraction, self.settings.d_ref)
+        self.series = start
+        self._series_index += 1
+        self._angles_written = 0
+        scan = setup.scan
+        log.info("series %s (%s): %dx%d map, %d rocking angles, %d frames", start.series_id,
+                 start.series_unique_id, *scan.shape, scan.n_angles, scan.n_frames)
+
+    def _on_image(self, image: ImageFrame) -> None:
+        if self._first_image_s is None:
+            self._first_image_s = image.received_s
+        if self.processor is None or self.series is None:
+            self._reject("image_before_start", f"image {image.image_id} of series "
+                         f"{image.series_id} arrived before any series start")
+            return
+        if image.series_id != self.series.series_id or (
+                image.series_unique_id and self.series.series_unique_id
+                and image.series_unique_id != self.series.series_unique_id):
+            self._reject("unknown_series", f"image {image.image_id} belongs to series "
+                         f"{image.series_id}, the current series is {self.series.series_id}")
+            return
+        if self.processor.add(image.image_id, image.data, positions=image.positions):
+            self._pending_received.append(image.received_s)
+        if self.processor.angles_done > self._angles_written:
+            self._angles_written = self.processor.angles_done
+            self._schedule_write(complete=False)
+
+    def _on_end(self, end: SeriesEnd) -> None:
+        if self.series is None or end.series_id != self.series.series_id:
+            self._reject("unknown_series", f"end of series {end.series_id}, which is not current")
+            return
+        self._finish_series(complete=True, final=False)
+
+    def _finish_series(self, complete: bool, final: bool) -> None:
+        if self.processor is None:
+            return
+        self._snapshot(complete=complete)
+        self._schedule_write(complete=complete, last=True)
+        self._processed_before += self.processor.counters.processed
+        self.rejected.update(self.processor.counters.rejected)
+        self.processor, self.series = None, None
+        if complete and self.max_series is not None and self._completed() >= self.max_series:
+            self._stop.set()
+
+    def _completed(self) -> int:
+        return sum(1 for r in self.results if r.complete) + sum(
+            1 for job in list(self._writes.queue) if job is not None and job["complete"])
+
+    def _reject(self, reason: str, message: str) -> None:
+        self.rejected[reason] += 1
+        self._report(reason, message)
+
+    def _report(self, reason: str, message: str, level: int = logging.WARNING) -> None:
+        if reason not in self._reported:
+            self._reported.add(reason)
+            log.log(level, "%s (further occurrences of %r are only counted)", message, reason)
+
+    # ---- snapshots ----------------------------------------------------------------------------
+    def _maybe_snapshot(self) -> None:
+        if self.processor is None or not self._pending_received:
+            return
+        interval = max(1.0 / self.settings.snapshot_hz, 5.0 * self._snapshot_cost)
+        if time.perf_counter() - self._last_snapshot >= interval:
+            self._snapshot(complete=False)
+
+    def _snapshot(self, complete: bool) -> None:
+        if self.processor is None:
+            return
+        t0 = time.perf_counter()
+        maps = self.processor.maps()
+        if self._publisher is not None:
+            self._snapshot_seq += 1
+            info = {"seq": self._snapshot_seq, "series_id": self.series.series_id,
+                    "series_unique_id": self.series.series_unique_id, "complete": complete,
+                    "scan": self.processor.setup.scan.describe(), "stats": self.status()}
+            self._publisher.send(encode_snapshot(maps, info))
+        now = time.perf_counter()
+        self._latencies.extend(now - r for r in self._pending_received)
+        self._pending_received.clear()
+        self._last_snapshot = now
+        self._snapshot_cost = now - t0
+        self.last_maps = maps
+
+    # ---- writer thread ------------------------------------------------------------------------
+    def _schedule_write(self, complete: bool, last: bool = False) -> None:
+        if self.out is None and not last:
+            return
+        if not last and self._writes.qsize() > 0:
+            return                                # the writer is behind: the next angle will do
+        p = self.processor
+        copy = ScanProcessor(p.setup, p.mask_fraction, p.d_ref)
+        copy.accumulator = p.accumulator.copy()
+        copy.included = p.included.copy()
+        copy.counters.received, copy.counters.processed = p.counters.received, p.counters.processed
+        copy.counters.rejected = Counter(p.counters.rejected)
+        copy.angles_done = p.angles_done
+        self._writes.put({"processor": copy, "series": self.series, "complete": complete,
+                          "last": last, "path": self._results_path(), "stats": self.status()})
+
+    def _results_path(self) -> Path | None:
+        if self.out is None:
+            return None
+        if "{series_id}" in self.out.name:
+            return self.out.with_name(self.out.name.format(series_id=self.series.series_id))
+        if self._series_index <= 1:
+            return self.out
+        return self.out.with_name(f"{self.out.stem}_{self.series.series_id}{self.out.suffix}")
+
+    def _write_loop(self) -> None:
+        while True:
+            job = self._writes.get()
+            if job is None:
+                break
+            try:
+                self._write(job)
+            except (OSError, SxdmError) as exc:
+                self.write_errors += 1
+                log.error("could not write results: %s", exc)
+            if job["last"]:
+                self._record_result(job)
+        self._done.set()
+
+    def _write(self, job: dict) -> None:
+        path, p, series = job["path"], job["processor"], job["series"]
+        if path is None:
+            return
+        maps = p.maps()
+        status = "complete" if job["complete"] else ("incomplete" if job["last"] else "running")
+        stats = job["stats"]
+        attrs = {"status": status, "series_id": series.series_id,
+                 "series_unique_id": series.series_unique_id or "",
+                 "frames_received": p.counters.received, "frames_processed": p.counters.processed,
+                 "frames_rejected": p.counters.n_rejected, "frames_dropped": stats["dropped"]}
+        write_results(path, maps, p.setup, p.accumulator, extra_attrs=attrs,
+                      hits=p.setup.hits() if p.setup.keep_histogram and job["last"] else None)
+        ckpt = checkpoint_path(path)
+        if job["complete"]:
+            ckpt.unlink(missing_ok=True)          # the results file now holds everything
+        elif self.settings.checkpoints:
+            write_checkpoint(ckpt, p, series.series_id, series.series_unique_id)
+
+    def _record_result(self, job: dict) -> None:
+        p = job["processor"]
+        self.results.append(SeriesResult(job["series"].series_id, job["series"].series_unique_id,
+                                         job["path"], p.maps(), job["complete"]))
+        if job["complete"] and self.max_series is not None and \
+                sum(r.complete for r in self.results) >= self.max_series:
+            self._stop.set()
+
+    # ---- resume -------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        if self.out is None:
+            raise ConfigError("--resume needs --out: the checkpoint lives beside the results file")
+        path = checkpoint_path(self.out)
+        if not path.exists():
+            log.warning("no checkpoint at %s: starting afresh", path)
+            return
+        resumed = read_checkpoint(path, self.settings.mask_fraction, self.settings.d_ref)
+        self.processor = resumed.processor
+        self.series = SeriesStart(series_id=resumed.series_id,
+                                  series_unique_id=resumed.series_unique_id)
+        self._series_index = 1
+        self._angles_written = resumed.processor.angles_done
+        log.info("resumed series %s from %s: %d of %d frames already in the sums",
+                 resumed.series_id, path, int(resumed.processor.included.sum()),
+                 resumed.processor.setup.scan.n_frames)
+
+    # ---- status -------------------------------------------------------------------------------
+    def status(self) -> dict:
+        """Live statistics: counts, rates, lag, latency, progress of the current scan."""
+        p = self.processor
+        elapsed = time.perf_counter() - (self._first_image_s or self._started)
+        worker_rejected = Counter(self.rejected)
+        processed = self._processed_before + (p.counters.processed if p is not None else 0)
+        if p is not None:
+            worker_rejected.update(p.counters.rejected)
+        lat = np.fromiter(self._latencies, float) if self._latencies else np.zeros(0)
+        return {
+            "messages": self.receiver.messages, "received": self.receiver.images,
+            "processed": processed,
+            "rejected": dict(worker_rejected + self.receiver.rejected),
+            "dropped": self.receiver.dropped, "queued": self._frames.qsize(),
+            "frames_per_s": processed / elapsed if elapsed > 0 else 0.0,
+            "latency_p50_s": float(np.percentile(lat, 50)) if lat.size else None,
+            "latency_p99_s": float(np.percentile(lat, 99)) if lat.size else None,
+            "series_id": self.series.series_id if self.series else None,
+            "progress": (int(p.included.sum()), p.setup.scan.n_frames) if p else None,
+        }
+
+
+
+def setup_for_series(start: SeriesStart, settings: AccumulationSettings,
+                     override: ScanOverride | None) -> ScanSetup:
+    """The scan set-up of a series: from ``override`` if given, else from the start message's
+    sxdm block; the detector's pixel mask is used unless the geometry brings its own."""
+    if override is not None:
+        geometry, scan = override.geometry, override.scan
+        if geometry.detector.mask is None and start.pixel_mask is not None:
+            from dataclasses import replace
+            geometry = Geometry(replace(geometry.detector, mask=start.pixel_mask),
+                                geometry.energy_ev, geometry.diffractometer)
+    else:
+        block = start.sxdm
+        if block is None or "scan" not in block or "geometry" not in block:
+            raise BadMessageError(
+                f"series {start.series_id} carries no scan description (user_data 'sxdm' block) "
+                "and none was given with --scan-file", "no_scan_description")
+        scan = ScanDescription.from_description(block["scan"])
+        geometry = geometry_from_description(block["geometry"], start.pixel_mask)
+    if start.image_shape is not None and tuple(start.image_shape) != tuple(geometry.detector.shape):
+        raise BadMessageError(f"the detector sends {start.image_shape} images, the geometry "
+                              f"expects {geometry.detector.shape}", "size_mismatch")
+    if start.number_of_images not in (None, scan.n_frames):
+        log.warning("the detector announces %s images, the scan has %d frames",
+                    start.number_of_images, scan.n_frames)
+    return ScanSetup(geometry, scan, settings)
+
+
+def format_status(status: dict) -> str:
+    """One progress line from :meth:`LiveProcessor.status`."""
+    progress = status.get("progress")
+    where = (f"series {status['series_id']}: {progress[0]}/{progress[1]} frames "
+             f"({100.0 * progress[0] / max(progress[1], 1):.0f}%)" if progress else "waiting for a series")
+    lat = status.get("latency_p99_s")
+    rejected = sum(status["rejected"].values())
+    return (f"{where} | {status['frames_per_s']:.0f} frames/s | processed {status['processed']} "
+            f"| rejected {rejected}{' ' + str(status['rejected']) if rejected else ''} "
+            f"| dropped {status['dropped']} | queued {status['queued']}"
+            + (f" | latency p99 {1000 * lat:.0f} ms" if lat is not None else ""))

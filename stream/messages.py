@@ -1,0 +1,98 @@
+"""The messages between stages, defined once: what a frame source hands the pipeline.
+
+Sources (DECTRIS stream v1/v2 receivers, replay, bluesky) turn their wire format into these
+three immutable messages; the pipeline never sees a wire format. Units are in the names.
+
+Our own metadata travels in ``user_data`` (DECTRIS ``header_appendix`` / ``image_appendix``)
+under the key ``"sxdm"``:
+
+* series start: ``{"sxdm": {"version": 1, "scan": ScanDescription.describe(),
+  "geometry": Geometry.describe(), "correlation_id": str}}``;
+* image: ``{"sxdm": {"positions": {motor: value, ...}}}`` with the measured positions of the
+  frame (micrometres for the map motors, degrees for angles), optional.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Union
+
+import numpy as np
+
+#: key of our metadata block inside DECTRIS user_data
+SXDM_KEY = "sxdm"
+SXDM_METADATA_VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class SeriesStart:
+    """A detector series was armed (DECTRIS ``start`` / ``dheader-1.0``).
+
+    Fields the detector did not send are None. ``image_shape`` is (rows, cols);
+    ``beam_center`` is (row, col) in pixels; ``pixel_mask`` is boolean, True = bad pixel.
+    """
+
+    series_id: int
+    series_unique_id: str | None = None
+    image_shape: tuple[int, int] | None = None
+    image_dtype: str | None = None
+    number_of_images: int | None = None
+    energy_ev: float | None = None
+    wavelength_a: float | None = None
+    pixel_size_m: float | None = None
+    beam_center: tuple[float, float] | None = None
+    detector_distance_m: float | None = None
+    pixel_mask: np.ndarray | None = field(default=None, repr=False)
+    user_data: Any = None
+    stream_version: int = 2
+
+    @property
+    def sxdm(self) -> Mapping | None:
+        """Our metadata block from user_data, or None."""
+        return _sxdm_block(self.user_data)
+
+
+@dataclass(frozen=True, eq=False)
+class ImageFrame:
+    """One detector image (DECTRIS ``image`` / ``dimage-1.0``), decoded to a 2D array.
+
+    ``image_id`` is 0-based, the frame index within the series. ``received_s`` is the
+    ``time.perf_counter()`` of its arrival (for latency figures).
+    """
+
+    series_id: int
+    image_id: int
+    data: np.ndarray = field(repr=False)
+    series_unique_id: str | None = None
+    user_data: Any = None
+    real_time_s: float | None = None
+    received_s: float = field(default_factory=time.perf_counter)
+
+    @property
+    def positions(self) -> Mapping[str, float] | None:
+        """Measured positions carried by the image, or None."""
+        block = _sxdm_block(self.user_data)
+        if block is None:
+            return None
+        positions = block.get("positions")
+        return positions if isinstance(positions, Mapping) else None
+
+
+@dataclass(frozen=True)
+class SeriesEnd:
+    """The series ended (DECTRIS ``end`` / ``dseries_end-1.0``)."""
+
+    series_id: int
+    series_unique_id: str | None = None
+
+
+StreamMessage = Union[SeriesStart, ImageFrame, SeriesEnd]
+
+
+def _sxdm_block(user_data: Any) -> Mapping | None:
+    if isinstance(user_data, Mapping):
+        block = user_data.get(SXDM_KEY)
+        if isinstance(block, Mapping):
+            return block
+    return None
