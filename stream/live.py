@@ -101,7 +101,8 @@ class LiveProcessor:
 
     Parameters
     ----------
-    connect : endpoint(s) of the detector's PUSH socket, e.g. "tcp://127.0.0.1:31001".
+    connect : endpoint(s) of the detector's PUSH socket, e.g. "tcp://127.0.0.1:31001"; None
+        or [] for a processor fed only through :meth:`submit` (bluesky, replay).
     out : results file; checkpoints go beside it. A second series in the same run is written
         to ``<stem>_<series_id><suffix>`` unless ``out`` contains ``{series_id}``.
     publish : PUB endpoint for snapshots (None: no publishing).
@@ -116,7 +117,7 @@ class LiveProcessor:
                  settings: LiveSettings | None = None, override: ScanOverride | None = None,
                  resume: bool = False, max_series: int | None = None,
                  context: zmq.Context | None = None, serve: str | None = None) -> None:
-        self.endpoints = [connect] if isinstance(connect, str) else list(connect)
+        self.endpoints = [] if connect is None else [connect] if isinstance(connect, str) else list(connect)
         self.out = Path(out) if out is not None else None
         self.settings = settings or LiveSettings()
         self.override = override
@@ -158,8 +159,10 @@ class LiveProcessor:
 
     # ---- life cycle -------------------------------------------------------------------------
     def start(self) -> "LiveProcessor":
-        for name, target in (("sxdm-receiver", self._receive_loop),
-                             ("sxdm-worker", self._work_loop), ("sxdm-writer", self._write_loop)):
+        loops = [("sxdm-worker", self._work_loop), ("sxdm-writer", self._write_loop)]
+        if self.endpoints:
+            loops.insert(0, ("sxdm-receiver", self._receive_loop))
+        for name, target in loops:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -208,6 +211,15 @@ class LiveProcessor:
                 self._enqueue(message)
         finally:
             sock.close()
+
+    def submit(self, message) -> None:
+        """Hand a decoded message (SeriesStart, ImageFrame, SeriesEnd) to the processor, from
+        any thread: the entry of sources other than the DECTRIS receiver. Applies the
+        back-pressure policy to images; start and end messages wait for room."""
+        if not isinstance(message, (ImageFrame, SeriesStart, SeriesEnd)):
+            raise TypeError(f"submit takes SeriesStart, ImageFrame or SeriesEnd, not {type(message)}")
+        self.receiver.messages += 1
+        self._enqueue(message)
 
     def _enqueue(self, message) -> None:
         if isinstance(message, ImageFrame):

@@ -204,3 +204,19 @@ def test_a_stream_without_description_and_no_scan_file_is_refused_clearly(small_
     push.close()
     assert live.status()["rejected"] == {"no_scan_description": 1, "image_before_start": 1}
     assert any("--scan-file" in r.getMessage() for r in caplog.records)
+
+
+def test_submit_feeds_the_processor_without_a_detector_socket(small_scenario, reference):
+    scan = small_scenario.scan
+    start = series_start(small_scenario, 2, "direct", "direct")
+    with LiveProcessor(None, max_series=1) as live:
+        live.submit(start)
+        for index, angle, point, frame in small_scenario.simulator.frames():
+            live.submit(ImageFrame(2, index, frame, "direct"))
+        live.submit(SeriesEnd(2, "direct"))
+        assert live.wait(TIMEOUT)
+        with pytest.raises(TypeError):
+            live.submit("not a message")
+    assert live.status()["processed"] == scan.n_frames
+    np.testing.assert_allclose(live.results[-1].maps.strain, reference.maps().strain, atol=1e-6,
+                               equal_nan=True)
