@@ -41,3 +41,22 @@ def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "sxdm_stream.cli", "--version"],
                             capture_output=True, text=True, check=True)
     assert result.stdout.startswith("sxdm-stream ")
+
+
+def test_manual_two_process_form_gives_the_demo_maps(tmp_path, capsys):
+    """`simulate` in one process, `process` in another (as at the beamline) == `demo`."""
+    sim = subprocess.Popen([sys.executable, "-m", "sxdm_stream.cli", "simulate", "--bind",
+                            "tcp://127.0.0.1:*", "--shape", "12", "14", "--angles", "15"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    endpoint = sim.stdout.readline().split(": ", 1)[1].strip()
+    out = tmp_path / "manual.h5"
+    proc = subprocess.run([sys.executable, "-m", "sxdm_stream.cli", "process", "--connect", endpoint,
+                           "--out", str(out), "--series", "1"], capture_output=True, text=True,
+                          timeout=300)
+    sim.communicate(timeout=60)
+    assert proc.returncode == 0 and sim.returncode == 0, proc.stderr
+    assert "complete" in proc.stderr
+    assert main(["demo", "--shape", "12", "14", "--angles", "15", "--out", str(tmp_path / "demo")]) == 0
+    manual, demo = read_maps(out), read_maps(tmp_path / "demo" / "sxdm_results.h5")
+    for name in ("intensity", "strain", "d_spacing", "tilt_altitude", "tilt_azimuth"):
+        np.testing.assert_allclose(manual[name], demo[name], rtol=1e-9, atol=1e-9, equal_nan=True)
