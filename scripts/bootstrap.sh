@@ -23,3 +23,5 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
     echo "$want" > "$stamp"
 fi
+# the viewer's Qt (PySide6) needs system libraries even offscreen: install the missing ones
+bash scripts/qt-deps.sh .venv/bin/python

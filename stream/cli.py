@@ -3,8 +3,9 @@
   sxdm-stream demo       simulated detector and live processor together over loopback ZeroMQ
                          (no hardware): writes sxdm_results.h5 and sxdm_overview.png
   sxdm-stream simulate   a simulated detector: sends scans as a DECTRIS stream (PUSH, binds)
-  sxdm-stream process    the live processor: connects to a detector stream, keeps the maps,
-                         publishes snapshots, writes results and checkpoints
+  sxdm-stream process    the live processor: connects to a detector stream (or bluesky),
+                         keeps the maps, publishes snapshots, writes results and checkpoints
+  sxdm-stream view       the live viewer (Qt): --connect a processor's snapshots, or a file
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import Config, load_config, load_scan_file, override
-from .errors import SxdmError
+from .errors import ConfigError, SxdmError
 
 log = logging.getLogger("sxdm_stream")
 
@@ -67,8 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(run=run_simulate)
 
     proc = sub.add_parser("process", help="live processor of a DECTRIS stream")
-    proc.add_argument("--connect", action="append", required=True,
+    proc.add_argument("--connect", action="append", default=[],
                       help="detector stream endpoint, e.g. tcp://HOST:31001 (repeatable)")
+    proc.add_argument("--bluesky", metavar="HOST:PORT",
+                      help="listen to bluesky documents at a 0MQ proxy's out-port, e.g. localhost:5578")
+    proc.add_argument("--bluesky-serializer", choices=["msgpack", "pickle"], default="msgpack",
+                      help="document serializer (pickle only for a trusted proxy)")
+    proc.add_argument("--serve", help="REP endpoint answering pixel requests (q histogram), "
+                                      "e.g. tcp://127.0.0.1:5561")
     proc.add_argument("--out", type=Path, required=True, help="results file (NeXus HDF5)")
     proc.add_argument("--publish", help="PUB endpoint for map snapshots, e.g. tcp://127.0.0.1:5560")
     proc.add_argument("--scan-file", type=Path,
@@ -80,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument("--config", type=Path, help="TOML configuration file")
     _processing_args(proc)
     proc.set_defaults(run=run_process)
+
+    sub.add_parser("view", add_help=False,
+                   help="live viewer: maps of a processor (--connect) or of a results file "
+                        "(sxdm-stream view --help)")
     return parser
 
 
@@ -137,17 +148,25 @@ def run_process(args: argparse.Namespace) -> int:
         override_ = ScanOverride(scan, geometry)
     settings = LiveSettings(accumulation=config.accumulation, mask_fraction=config.maps.mask_fraction,
                             d_ref=config.maps.d_ref_a or None, policy=args.policy)
+    if not args.connect and not args.bluesky:
+        raise ConfigError("process needs a source: --connect tcp://HOST:31001 and/or --bluesky HOST:PORT")
     processor = LiveProcessor(args.connect, out=args.out, publish=args.publish, settings=settings,
-                              override=override_, resume=args.resume, max_series=args.series)
-    log.info("receiving from %s%s", ", ".join(args.connect),
+                              override=override_, resume=args.resume, max_series=args.series,
+                              serve=args.serve)
+    log.info("receiving from %s%s", ", ".join(args.connect + ([f"bluesky {args.bluesky}"]
+                                                               if args.bluesky else [])),
              f", publishing snapshots on {processor.publish_endpoint}" if args.publish else "")
     processor.start()
+    bluesky = _start_bluesky(args, processor, override_) if args.bluesky else None
     try:
         while not processor.wait(1.0):
             log.info("%s", format_status(processor.status()))
     except KeyboardInterrupt:
         log.info("interrupted: writing results (the checkpoint allows --resume)")
     finally:
+        if bluesky is not None:
+            bluesky[0].set()
+            bluesky[1].join(30)
         processor.stop()
     log.info("%s", format_status(processor.status()))
     for r in processor.results:
@@ -155,8 +174,29 @@ def run_process(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_bluesky(args, processor, override_):
+    """Listen to bluesky documents in a thread; returns (stop event, thread)."""
+    import threading
+
+    from .plugins.bluesky.remote import listen
+
+    mask = override_.geometry.detector.mask if override_ is not None else None
+    stop = threading.Event()
+    thread = threading.Thread(target=listen, args=(args.bluesky, processor, args.bluesky_serializer),
+                              kwargs={"pixel_mask": mask, "stop": stop}, name="sxdm-bluesky",
+                              daemon=True)
+    thread.start()
+    return stop, thread
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "view":
+        from .plugins.viewer.app import main as view_main      # Qt is imported only here
+        return view_main((["-v"] if args.verbose else []) + rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:

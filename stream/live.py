@@ -153,6 +153,7 @@ class LiveProcessor:
         self.write_errors = 0
         self._processed_before = 0
         self._first_image_s: float | None = None
+        self._finished: tuple = (None, None)
         self.last_maps: MapSet | None = None
         if resume:
             self._resume()
@@ -269,15 +270,17 @@ class LiveProcessor:
                 self._service.send_multipart(encode_pixel_error(str(exc)))
 
     def _pixel_reply(self, point: int) -> list[bytes]:
-        p = self.processor
+        p, series = self.processor, self.series
         if p is None:
-            return encode_pixel_error("no scan in progress")
+            p, series = self._finished
+        if p is None:
+            return encode_pixel_error("no scan received yet")
         scan, setup = p.setup.scan, p.setup
         if not 0 <= point < scan.n_points:
             return encode_pixel_error(f"map pixel {point} is outside 0..{scan.n_points - 1}")
         moments = p.accumulator.moments[:, point].sum(axis=0)
         com = setup.q_ref + (moments[1:4] / moments[0] if moments[0] > 0 else np.nan)
-        header = {"point": point, "series_id": self.series.series_id, "q_ref": setup.q_ref.tolist(),
+        header = {"point": point, "series_id": series.series_id, "q_ref": setup.q_ref.tolist(),
                   "grid": setup.grid.describe() if setup.keep_histogram else None,
                   "com": np.asarray(com, float).tolist(), "rocking_angles": list(scan.rocking_angles),
                   "rocking_axis": scan.rocking_axis}
@@ -348,6 +351,7 @@ class LiveProcessor:
         self._schedule_write(complete=complete, last=True)
         self._processed_before += self.processor.counters.processed
         self.rejected.update(self.processor.counters.rejected)
+        self._finished = (self.processor, self.series)   # still answers pixel requests
         self.processor, self.series = None, None
         if complete and self.max_series is not None and self._completed() >= self.max_series:
             self._stop.set()

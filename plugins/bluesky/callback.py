@@ -1,0 +1,214 @@
+"""A bluesky callback that feeds a run's documents to the live processor.
+
+:class:`SxdmCallback` is a ``CallbackBase`` (an event-model ``DocumentRouter``): one method per
+document name. It only converts documents into the processor's messages
+(:mod:`sxdm_stream.messages`) and hands them to ``processor.submit``; accumulation happens on
+the processor's worker thread, never on the RunEngine's or the 0MQ dispatcher's thread.
+
+* ``start`` with an ``"sxdm"`` block -> :class:`SeriesStart` (series_unique_id = run uid);
+  runs without the block (alignment scans, ...) are ignored;
+* ``descriptor`` of the ``primary`` stream -> which data key holds the image;
+* ``event`` / ``event_page`` -> :class:`ImageFrame`: ``image_id = seq_num - 1``, measured
+  positions of the map motors and the rocking axis from the event data; the image inline,
+  or read from the file a ``datum`` / ``stream_datum`` points at (:mod:`.files`);
+* ``stop`` -> :class:`SeriesEnd`.
+
+Documents of a run whose start was not seen (a late joiner on the 0MQ proxy) are counted
+under ``missed_start`` and reported once: their frames are never mixed into another run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+from bluesky.callbacks.core import CallbackBase
+
+from sxdm_stream.errors import SxdmError
+from sxdm_stream.messages import SXDM_KEY, ImageFrame, SeriesEnd, SeriesStart
+from sxdm_stream.scan import ScanDescription
+
+from .files import FrameFiles
+from .metadata import correlation_id_of, scan_from_start
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Run:
+    """What the callback knows about the run in progress."""
+
+    uid: str
+    series_id: int
+    scan: ScanDescription
+    image_keys: dict[str, str] = field(default_factory=dict)        # descriptor uid -> key
+    positions: dict[int, dict] = field(default_factory=dict)        # seq_num -> positions
+    pending: dict[int, np.ndarray] = field(default_factory=dict)    # seq_num -> frame
+    frames: int = 0
+
+
+class SxdmCallback(CallbackBase):
+    """Turns the documents of SXDM runs into the live processor's input.
+
+    Parameters
+    ----------
+    processor : anything with ``submit(message)``, typically a
+        :class:`sxdm_stream.live.LiveProcessor` (thread-safe, applies back-pressure).
+    pixel_mask : detector pixel mask (True = bad pixel), sent with each series start;
+        the documents do not carry it (it is big).
+    image_key : data key of the detector image; None finds the 2D data key of the primary
+        stream.
+    stream_name : the event stream holding the frames.
+    """
+
+    def __init__(self, processor, pixel_mask: np.ndarray | None = None,
+                 image_key: str | None = None, stream_name: str = "primary") -> None:
+        super().__init__()
+        self.processor = processor
+        self.pixel_mask = pixel_mask
+        self.image_key = image_key
+        self.stream_name = stream_name
+        self.files = FrameFiles()
+        self.rejected: Counter = Counter()
+        self.runs_seen = 0
+        self.last_run_uid: str | None = None
+        self.last_scan: ScanDescription | None = None
+        self._run: _Run | None = None
+        self._foreign_descriptors: set[str] = set()
+        self._ignored: set[str] = set()            # uids of non-SXDM runs and their descriptors
+        self._reported: set[str] = set()
+
+    # ---- documents --------------------------------------------------------------------------
+    def start(self, doc):
+        if self._run is not None:
+            self._report("unfinished_run", f"run {self._run.uid} got no stop document before run "
+                         f"{doc['uid']} started; it stays incomplete")
+            self._close_run()
+        if not isinstance(doc.get(SXDM_KEY), Mapping):
+            log.info("run %s carries no %r metadata: not an SXDM scan, ignored", doc["uid"], SXDM_KEY)
+            self._ignored.add(doc["uid"])
+            return
+        try:
+            scan = scan_from_start(doc)
+        except SxdmError as exc:
+            self._report("bad_start", f"run {doc['uid']} is not usable: {exc}")
+            self._ignored.add(doc["uid"])
+            return
+        self.runs_seen += 1
+        self._run = _Run(doc["uid"], self._series_id(doc), scan)
+        self.last_run_uid, self.last_scan = doc["uid"], scan
+        block = {**doc[SXDM_KEY], "scan": scan.describe(), "correlation_id": correlation_id_of(doc)}
+        self.processor.submit(SeriesStart(
+            series_id=self._run.series_id, series_unique_id=doc["uid"],
+            number_of_images=scan.n_frames, pixel_mask=self.pixel_mask,
+            energy_ev=block.get("geometry", {}).get("energy_ev"), user_data={SXDM_KEY: block}))
+
+    def descriptor(self, doc):
+        run = self._run
+        if doc["run_start"] in self._ignored:
+            self._ignored.add(doc["uid"])
+            return
+        if run is None or doc["run_start"] != run.uid:
+            self._foreign_descriptors.add(doc["uid"])
+            return
+        if doc.get("name", "primary") != self.stream_name:
+            return
+        key = self.image_key or _find_image_key(doc["data_keys"])
+        if key is None or key not in doc["data_keys"]:
+            self._report("no_image_key", f"stream {doc.get('name')!r} of run {run.uid} has no "
+                         f"2D image data key ({sorted(doc['data_keys'])})")
+            return
+        run.image_keys[doc["uid"]] = key
+
+    def event(self, doc):
+        run = self._run
+        if run is None or doc["descriptor"] not in run.image_keys:
+            if doc["descriptor"] in self._foreign_descriptors or (
+                    run is None and doc["descriptor"] not in self._ignored):
+                self._report("missed_start", "events of a run whose start document was not seen "
+                             "(joined late?) are dropped, never mixed into another run")
+            return
+        seq_num, data = int(doc["seq_num"]), doc["data"]
+        names = (*run.scan.motors, run.scan.rocking_axis)
+        positions = {m: float(data[m]) for m in names if m in data}
+        value = data.get(run.image_keys[doc["descriptor"]])
+        try:
+            if value is None:                      # external "STREAM:" key: stream_datum brings it
+                run.positions[seq_num] = positions
+                if seq_num in run.pending:
+                    self._submit_frame(seq_num, run.pending.pop(seq_num), positions)
+                return
+            frame = self.files.frame_of_datum(value) if isinstance(value, str) else np.asarray(value)
+        except SxdmError as exc:
+            self._report(getattr(exc, "reason", "bad_event"), f"event {seq_num}: {exc}")
+            return
+        self._submit_frame(seq_num, frame, positions)
+
+    def resource(self, doc):
+        self.files.add_resource(doc)
+
+    def datum(self, doc):
+        self.files.add_datum(doc)
+
+    def stream_resource(self, doc):
+        self.files.add_stream_resource(doc)
+
+    def stream_datum(self, doc):
+        run = self._run
+        if run is None or doc["descriptor"] not in run.image_keys:
+            return
+        try:
+            for seq_num, frame in self.files.frames_of_stream_datum(doc):
+                if seq_num in run.positions:
+                    self._submit_frame(seq_num, frame, run.positions.pop(seq_num))
+                else:                              # the event with its positions comes later
+                    run.pending[seq_num] = frame
+        except SxdmError as exc:
+            self._report(getattr(exc, "reason", "bad_stream_datum"), str(exc))
+
+    def stop(self, doc):
+        run = self._run
+        if run is None or doc["run_start"] != run.uid:
+            self._ignored.discard(doc["run_start"])
+            return
+        for seq_num in sorted(run.pending):        # frames whose events never came: by index
+            self._submit_frame(seq_num, run.pending.pop(seq_num), None)
+        log.info("run %s: %d frames handed to the processor (%s)", run.uid, run.frames,
+                 doc.get("exit_status"))
+        self.processor.submit(SeriesEnd(run.series_id, run.uid))
+        self._close_run()
+
+    # ---- helpers ----------------------------------------------------------------------------
+    def _submit_frame(self, seq_num: int, frame: np.ndarray, positions: dict | None) -> None:
+        run = self._run
+        run.frames += 1
+        user = {SXDM_KEY: {"positions": positions}} if positions else None
+        self.processor.submit(ImageFrame(series_id=run.series_id, image_id=seq_num - 1,
+                                         data=frame, series_unique_id=run.uid, user_data=user))
+
+    def _series_id(self, doc) -> int:
+        scan_id = doc.get("scan_id")
+        return int(scan_id) if isinstance(scan_id, (int, np.integer)) else self.runs_seen
+
+    def _close_run(self) -> None:
+        self.files.close()
+        self._run = None
+        self._foreign_descriptors.clear()
+
+    def _report(self, reason: str, message: str) -> None:
+        self.rejected[reason] += 1
+        if reason not in self._reported:
+            self._reported.add(reason)
+            log.warning("%s (further occurrences of %r are only counted)", message, reason)
+
+
+def _find_image_key(data_keys: Mapping) -> str | None:
+    """The first data key holding a 2D array (an area detector image)."""
+    for key, info in data_keys.items():
+        shape = [s for s in (info.get("shape") or []) if s not in (None, 0)]
+        if len(shape) >= 2 and info.get("dtype") == "array":
+            return key
+    return None

@@ -1,0 +1,105 @@
+"""The live processor's results as an ophyd readable device, for plans that steer.
+
+:class:`LiveFeedback` reads the maps of the latest run the :class:`~.callback.SxdmCallback`
+handed to a :class:`sxdm_stream.live.LiveProcessor`. ``trigger()`` waits until the processor
+has finished that run (its result is in ``live.results``), so a plan that does
+``yield from bps.trigger(feedback, wait=True)`` right after a map reads the map's final values.
+
+Signals (computed over the intensity mask):
+
+* ``mean_d``: mean d-spacing, Angstrom;
+* ``strain_spread``: standard deviation of the strain, microstrain;
+* ``max_tilt``: largest tilt altitude, degrees;
+* ``peak_found``: True when the rocking curve (intensity summed over the masked map, per
+  rocking angle) falls below ``tail_fraction`` of its maximum at both ends of the range;
+* ``peak_position``: centre of mass of that rocking curve, degrees.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+from ophyd import Component as Cpt
+from ophyd import Device, Signal
+from ophyd.status import StatusBase
+
+from sxdm_stream.maps import MapSet
+
+log = logging.getLogger(__name__)
+
+
+def rocking_curve(maps: MapSet) -> np.ndarray:
+    """Intensity per rocking angle summed over the masked map pixels."""
+    return maps.intensity_per_angle[:, maps.mask].sum(axis=1)
+
+
+def summarize_maps(maps: MapSet, rocking_angles, tail_fraction: float = 0.1) -> dict:
+    """The feedback values of one set of maps (see the module docstring)."""
+    mask = maps.mask
+    curve = rocking_curve(maps)
+    angles = np.asarray(rocking_angles, float)
+    top = float(curve.max()) if curve.size else 0.0
+    found = bool(top > 0 and curve[0] < tail_fraction * top and curve[-1] < tail_fraction * top)
+    return {
+        "mean_d": float(np.mean(maps.d_spacing[mask])) if mask.any() else float("nan"),
+        "strain_spread": float(np.std(maps.strain[mask])) if mask.any() else float("nan"),
+        "max_tilt": float(np.max(maps.tilt_altitude[mask])) if mask.any() else float("nan"),
+        "peak_found": found,
+        "peak_position": float(np.sum(angles * curve) / np.sum(curve)) if top > 0 else float("nan"),
+    }
+
+
+class LiveFeedback(Device):
+    """Readable summary of the live maps of the latest SXDM run.
+
+    Parameters
+    ----------
+    live : the :class:`sxdm_stream.live.LiveProcessor` being fed.
+    callback : the :class:`~.callback.SxdmCallback` feeding it (knows the latest run).
+    tail_fraction : threshold of ``peak_found``, a fraction of the rocking curve's maximum.
+    timeout : seconds ``trigger`` waits for the processor to finish the latest run.
+    """
+
+    mean_d = Cpt(Signal, value=float("nan"), kind="hinted")
+    strain_spread = Cpt(Signal, value=float("nan"), kind="hinted")
+    max_tilt = Cpt(Signal, value=float("nan"), kind="hinted")
+    peak_found = Cpt(Signal, value=False, kind="hinted")
+    peak_position = Cpt(Signal, value=float("nan"), kind="hinted")
+
+    def __init__(self, live, callback, *, tail_fraction: float = 0.1, timeout: float = 60.0,
+                 name: str = "sxdm_feedback", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+        self.live, self.callback = live, callback
+        self.tail_fraction, self.timeout = tail_fraction, timeout
+
+    def trigger(self):
+        """Wait for the processor to finish the latest run, then update the signals."""
+        status = StatusBase()
+        uid = self.callback.last_run_uid
+        result = self._wait_for_result(uid) if uid is not None else None
+        if result is None:
+            status.set_exception(TimeoutError(
+                f"the live processor did not finish run {uid} within {self.timeout} s"))
+            return status
+        values = summarize_maps(result.maps, self.callback.last_scan.rocking_angles,
+                                self.tail_fraction)
+        for key, value in values.items():
+            getattr(self, key).put(value)
+        log.info("live feedback of run %s: %s", uid, values)
+        status.set_finished()
+        return status
+
+    def _wait_for_result(self, uid: str):
+        # the processor's writer thread appends results; poll them with a bounded wait
+        deadline = time.monotonic() + self.timeout
+        wake = threading.Event()
+        while True:
+            for result in reversed(self.live.results):
+                if result.series_unique_id == uid:
+                    return result
+            if time.monotonic() > deadline:
+                return None
+            wake.wait(0.01)

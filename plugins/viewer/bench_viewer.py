@@ -1,0 +1,178 @@
+"""Time per viewer update for big maps, offscreen: does a 200 x 200 map at 5 Hz keep the UI free?
+
+What is measured
+----------------
+A :class:`~.window.ViewerWindow` (1800 x 1000, offscreen) is fed synthetic snapshots of a
+``--shape`` map (a particle with strain and tilt patterns that change at every update) through a
+source that hands one new snapshot per tick, as the subscriber does. For each update:
+
+* ``decode``: :func:`sxdm_stream.publish.decode_snapshot` of the encoded message (this runs in
+  the subscriber thread, not in the UI thread; shown for completeness);
+* ``model+panels``: the model takes the snapshot and every map panel gets its new data and
+  levels (``ViewerModel.show_snapshots`` and the slots it triggers);
+* ``paint``: Qt paints what changed (``processEvents``: the images are colour-mapped here);
+* ``total``: model+panels + paint: the time the UI thread is busy per update.
+
+Three cases: the maps with the pixel inspector tab in front and a pixel selected (the default
+view while steering), the same with the distributions tab in front (pole figure and histograms
+redrawn at each update too), and the maps alone at ``--shape`` 40 x 40 for comparison.
+"UI busy at 5 Hz" is 5 x the mean total: the share of each second the UI is not free.
+
+Run: ``QT_QPA_PLATFORM=offscreen python -m sxdm_stream.plugins.viewer.bench_viewer [--help]``.
+Figures are printed (this is a benchmark script, not library code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import numpy as np  # noqa: E402
+from PySide6 import QtWidgets  # noqa: E402
+
+from sxdm_stream.maps import MAP_FIELDS, misorientation_rgb  # noqa: E402
+from sxdm_stream.publish import FORMAT, TOPIC, VERSION, Snapshot, decode_snapshot  # noqa: E402
+
+from .window import ViewerWindow  # noqa: E402
+
+
+def synthetic_arrays(shape: tuple[int, int], n_angles: int, k: int) -> dict[str, np.ndarray]:
+    """Maps of a round particle whose strain and tilt patterns move with ``k``."""
+    rows, cols = shape
+    y, x = np.mgrid[0:rows, 0:cols]
+    r = np.hypot((y - rows / 2) / (0.4 * rows), (x - cols / 2) / (0.4 * cols))
+    intensity = 1e5 * np.clip(1 - r ** 2, 0.02, None)
+    mask = r < 0.9
+    phase = 0.2 * k
+    strain = 300 * np.sin(2 * np.pi * x / cols + phase) * np.cos(2 * np.pi * y / rows)
+    d = 4.733 * (1 + strain * 1e-6)
+    altitude = 0.1 * r * (1 + 0.1 * np.sin(phase))
+    azimuth = (np.degrees(np.arctan2(y - rows / 2, x - cols / 2)) + 10 * k) % 360
+    nan = np.where(mask, 1.0, np.nan)
+    q = 2 * np.pi / d
+    arrays = {"intensity": intensity, "d_spacing": d * nan, "strain": strain * nan,
+              "tilt_altitude": altitude * nan, "tilt_azimuth": azimuth * nan, "q_abs": q * nan,
+              "qx": 1e-3 * x / cols * nan, "qy": 1e-3 * y / rows * nan, "qz": q * nan,
+              "fwhm_qx": 3e-3 + 1e-4 * r * nan, "fwhm_qy": 3e-3 + 1e-4 * r * nan,
+              "fwhm_qz": 2e-3 + 1e-4 * r * nan,
+              "misorientation": misorientation_rgb(altitude * nan, azimuth * nan),
+              "strain_stderr": 2.0 * nan, "tilt_stderr": 2e-4 * nan, "mask": mask}
+    angles = np.linspace(-1, 1, n_angles)[:, None, None]
+    arrays["intensity_per_angle"] = intensity[None] * np.exp(-angles ** 2 / 0.2) / n_angles
+    assert set(arrays) == set(MAP_FIELDS) | {"intensity_per_angle"}
+    return arrays
+
+
+def synthetic_message(shape, n_angles: int, k: int) -> list[bytes]:
+    """The wire message of snapshot ``k`` (as :func:`encode_snapshot` lays it out)."""
+    arrays = synthetic_arrays(shape, n_angles, k)
+    arrays["mask"] = arrays["mask"].astype(np.uint8)
+    specs = [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape)} for n, a in arrays.items()]
+    rows, cols = shape
+    header = {"format": FORMAT, "version": VERSION, "time": time.time(), "seq": k,
+              "series_id": 1, "complete": False, "mean_direction": [0, 0, 1],
+              "units": {n: u for n, (u, _t) in MAP_FIELDS.items()}, "arrays": specs,
+              "scan": {"shape": [rows, cols], "extents_um": [[0, 0.05 * (rows - 1)],
+                                                             [0, 0.05 * (cols - 1)]],
+                       "motors": ["piy", "pix"], "rocking_axis": "eta",
+                       "rocking_angles": list(np.linspace(8.7, 9.3, n_angles))},
+              "stats": {"received": k, "processed": k, "rejected": {}, "dropped": 0,
+                        "frames_per_s": 1000.0, "progress": [k, 100]}}
+    return [TOPIC, json.dumps(header).encode()] + [np.ascontiguousarray(a).tobytes()
+                                                   for a in arrays.values()]
+
+
+class BenchSource:
+    """Hands the window one prepared snapshot per call of :meth:`take`."""
+
+    connected = True
+
+    def __init__(self, snapshots: list[Snapshot]) -> None:
+        self.snapshots, self.index = snapshots, 0
+
+    def describe(self) -> str:
+        return "benchmark"
+
+    def start(self) -> "BenchSource":
+        return self
+
+    def stop(self) -> None:
+        """Nothing runs in the background."""
+
+    def take(self) -> list[tuple[Snapshot, float]]:
+        snapshot = self.snapshots[self.index % len(self.snapshots)]
+        self.index += 1
+        return [(snapshot, time.monotonic())]
+
+
+def measure(app, shape, n_angles: int, updates: int, tab: str) -> dict[str, list[float]]:
+    messages = [synthetic_message(shape, n_angles, k) for k in range(8)]
+    decode = []
+    snapshots = []
+    for m in messages:
+        t0 = time.perf_counter()
+        snapshots.append(decode_snapshot(m))
+        decode.append(time.perf_counter() - t0)
+    window = ViewerWindow(BenchSource(snapshots), refresh_hz=5)
+    window.resize(1800, 1000)
+    window.show()
+    window.tabs.setCurrentWidget(getattr(window, tab))
+    app.processEvents()
+    window.refresh()
+    window.model.select_pixel(shape[0] // 2, shape[1] // 2)
+    app.processEvents()
+    times = {"decode": decode, "model+panels": [], "paint": [], "total": []}
+    for _ in range(updates):
+        t0 = time.perf_counter()
+        window.refresh()
+        t1 = time.perf_counter()
+        app.processEvents()
+        t2 = time.perf_counter()
+        times["model+panels"].append(t1 - t0)
+        times["paint"].append(t2 - t1)
+        times["total"].append(t2 - t0)
+    window.stop()
+    window.close()
+    window.deleteLater()
+    app.processEvents()
+    return times
+
+
+def report(label: str, times: dict[str, list[float]]) -> None:
+    print(f"\n{label}")
+    print(f"  {'step':<14}{'median ms':>10}{'p90 ms':>9}{'max ms':>9}")
+    for step, values in times.items():
+        ms = np.asarray(values) * 1000
+        print(f"  {step:<14}{np.median(ms):>10.1f}{np.percentile(ms, 90):>9.1f}{ms.max():>9.1f}")
+    busy = 5 * statistics.fmean(times["total"])
+    print(f"  UI busy at 5 Hz: {100 * busy:.0f}% of each second")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", type=int, nargs=2, default=(200, 200))
+    parser.add_argument("--angles", type=int, default=31, help="rocking angles per snapshot")
+    parser.add_argument("--updates", type=int, default=40, help="updates timed per case")
+    args = parser.parse_args(argv)
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    shape = tuple(args.shape)
+    print(f"viewer update time, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, Qt platform {os.environ['QT_QPA_PLATFORM']}, "
+          f"{args.updates} updates per case")
+    report(f"{shape[0]}x{shape[1]} maps, {args.angles} angles, inspector in front",
+           measure(app, shape, args.angles, args.updates, "inspector"))
+    report(f"{shape[0]}x{shape[1]} maps, distributions in front",
+           measure(app, shape, args.angles, args.updates, "distributions"))
+    report("40x40 maps, inspector in front", measure(app, (40, 40), args.angles, args.updates,
+                                                      "inspector"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

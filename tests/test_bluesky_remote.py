@@ -1,0 +1,115 @@
+"""The bluesky plugin over the wire: RunEngine -> Publisher (msgpack) -> the real
+``bluesky-0MQ-proxy`` subprocess -> RemoteDispatcher (``RemoteListener``) -> LiveProcessor."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("bluesky")
+pytest.importorskip("msgpack_numpy")
+
+from bluesky import RunEngine  # noqa: E402
+from bluesky.callbacks.zmq import Publisher  # noqa: E402
+
+from sxdm_stream.live import LiveProcessor, LiveSettings  # noqa: E402
+from sxdm_stream.plugins.bluesky import RemoteListener, sim_sxdm_devices, sxdm_map  # noqa: E402
+from sxdm_stream.plugins.bluesky.remote import msgpack_dumps, msgpack_loads, serializer_pair  # noqa: E402
+from sxdm_stream.simulators.validation import accuracy_report  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proxy_command() -> list[str]:
+    exe = Path(sys.executable).with_name("bluesky-0MQ-proxy")
+    return [str(exe)] if exe.exists() else [shutil.which("bluesky-0MQ-proxy") or "bluesky-0MQ-proxy"]
+
+
+@pytest.fixture
+def proxy():
+    """The real bluesky-0MQ-proxy on two free loopback ports: (in_port, out_port)."""
+    ports = free_port(), free_port()
+    process = subprocess.Popen([*proxy_command(), "--in-address", f"127.0.0.1:{ports[0]}",
+                                "--out-address", f"127.0.0.1:{ports[1]}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    yield ports
+    process.terminate()
+    _, err = process.communicate(timeout=10)
+    assert process.returncode is not None, err
+
+
+def wait_until_connected(publisher, listener, timeout=20.0) -> None:
+    """Beat the PUB/SUB slow joiner: publish probe start documents until one arrives."""
+    arrived = threading.Event()
+    probe = f"probe-{uuid.uuid4().hex}"
+    listener.subscribe(lambda name, doc: arrived.set() if doc.get("uid") == probe else None)
+    deadline = time.monotonic() + timeout
+    while not arrived.wait(0.05):
+        assert time.monotonic() < deadline, "the subscriber never received a probe document"
+        publisher("start", {"uid": probe, "time": time.time(), "sxdm_probe": True})
+
+
+def test_msgpack_round_trip_keeps_numpy_images():
+    import numpy as np
+    doc = {"data": {"img": np.arange(12, dtype=np.uint32).reshape(3, 4), "x": 1.5}}
+    back = msgpack_loads(msgpack_dumps(doc))
+    assert back["data"]["img"].dtype == np.uint32
+    np.testing.assert_array_equal(back["data"]["img"], doc["data"]["img"])
+    with pytest.raises(ValueError):
+        serializer_pair("json")
+
+
+def test_sxdm_map_through_the_0mq_proxy(proxy, small_scenario):
+    in_port, out_port = proxy
+    mask = small_scenario.geometry.detector.mask
+    live = LiveProcessor(None, settings=LiveSettings(checkpoints=False), max_series=1).start()
+    listener = RemoteListener(f"127.0.0.1:{out_port}", live, pixel_mask=mask)
+    thread = threading.Thread(target=listener.run, name="test-dispatcher")
+    thread.start()
+    publisher = Publisher(f"127.0.0.1:{in_port}", serializer=msgpack_dumps)
+    loop = asyncio.new_event_loop()
+    RE = RunEngine({}, loop=loop, context_managers=[])
+    try:
+        wait_until_connected(publisher, listener)
+        RE.subscribe(publisher)
+        scan = small_scenario.scan
+        devices = sim_sxdm_devices(small_scenario)
+        (r0, r1), (c0, c1) = scan.extents_um
+        RE(sxdm_map([devices.det], devices.piy, r0, r1, scan.shape[0], devices.pix, c0, c1,
+                    scan.shape[1], devices.eta, scan.rocking_angles,
+                    geometry=small_scenario.geometry, fixed_angles=scan.fixed_angles))
+        assert live.wait(60), live.status()
+    finally:
+        listener.stop()
+        thread.join(10)
+        publisher.close()
+        live.stop()
+        loop.call_soon_threadsafe(loop.stop)
+        RE._th.join(10)
+        loop.close()
+    assert not thread.is_alive()
+    assert live.status()["processed"] == scan.n_frames
+    assert listener.callback.runs_seen == 1 and not listener.callback.rejected
+    report = accuracy_report(live.results[0].maps, small_scenario.simulator.truth())
+    assert report["strain_rms_error"] <= 2 * report["strain_limit"], report
+    assert report["tilt_rms_error_deg"] <= 2 * report["tilt_limit_deg"], report
+
+
+def test_listener_stops_before_it_runs():
+    live = LiveProcessor(None)
+    listener = RemoteListener(f"127.0.0.1:{free_port()}", live)
+    listener.stop()
+    listener.run()                      # returns at once
