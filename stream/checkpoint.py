@@ -21,6 +21,7 @@ import numpy as np
 
 from .accumulate import Accumulator, setup_from_description
 from .errors import IncompatibleFileError
+from .hdf5 import json_default
 from .pipeline import ScanProcessor
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def write_checkpoint(path: str | Path, processor: ScanProcessor, series_id: int,
         f.attrs["fingerprint"] = setup.fingerprint
         f.attrs["series_id"] = int(series_id)
         f.attrs["series_unique_id"] = series_unique_id or ""
-        f.attrs["setup"] = json.dumps(setup.describe(), default=_json_default)
+        f.attrs["setup"] = json.dumps(setup.describe(), default=json_default)
         f.attrs["counters"] = json.dumps({"received": processor.counters.received,
                                           "processed": processor.counters.processed,
                                           "rejected": dict(processor.counters.rejected)})
@@ -97,10 +98,3 @@ def read_checkpoint(path: str | Path, mask_fraction: float, d_ref: float | None)
         processor.angles_done = int(f.attrs["angles_done"])
         return Resumed(processor, int(f.attrs["series_id"]), f.attrs["series_unique_id"] or None)
 
-
-def _json_default(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

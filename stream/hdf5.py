@@ -114,7 +114,8 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-def _json_default(value):
+def json_default(value):
+    """``json.dumps`` default for numpy scalars and arrays (shared by results and checkpoints)."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -123,7 +124,7 @@ def _json_default(value):
 
 
 def _to_json(value) -> str:
-    return json.dumps(value, default=_json_default, indent=2)
+    return json.dumps(value, default=json_default, indent=2)
 
 
 def _write_entry(f: h5py.File, scan: ScanDescription, extra_attrs: dict) -> h5py.Group:
