@@ -253,7 +253,7 @@ class LiveProcessor:
                 self._handle(message)
                 self._maybe_snapshot()
                 self._answer_requests()
-            self._finish_series(complete=False, final=True)
+            self._finish_series(complete=False)
         finally:
             self._writes.put(None)
             if self._service is not None:
@@ -309,7 +309,7 @@ class LiveProcessor:
             log.info("series %s restarted; continuing its scan", start.series_id)
             self.series = start
             return
-        self._finish_series(complete=False, final=False)
+        self._finish_series(complete=False)
         setup = setup_for_series(start, self.settings.accumulation, self.override)
         self.processor = ScanProcessor(setup, self.settings.mask_fraction, self.settings.d_ref)
         self.series = start
@@ -342,9 +342,9 @@ class LiveProcessor:
         if self.series is None or end.series_id != self.series.series_id:
             self._reject("unknown_series", f"end of series {end.series_id}, which is not current")
             return
-        self._finish_series(complete=True, final=False)
+        self._finish_series(complete=True)
 
-    def _finish_series(self, complete: bool, final: bool) -> None:
+    def _finish_series(self, complete: bool) -> None:
         if self.processor is None:
             return
         self._snapshot(complete=complete)
