@@ -42,6 +42,12 @@ def small_scenario() -> Scenario:
     return default_scenario(shape=(12, 12), n_angles=15, rocking_half_range_deg=0.3)
 
 
+@pytest.fixture(scope="session")
+def small_processed(small_scenario) -> ScanProcessor:
+    """The small scenario accumulated in-process (no sockets): the reference of live tests."""
+    return process_scenario(small_scenario).processor
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_threads_or_unexpected_errors(request, caplog):
     """Fail a test that leaves threads running or logs an error it did not ask for

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import zmq
 
-from sxdm_stream.accumulate import ScanSetup
 from sxdm_stream.dectris import encode_end_v2, encode_image_v2, encode_start_v2
 from sxdm_stream.hdf5 import read_maps
 from sxdm_stream.live import LiveProcessor, LiveSettings, ScanOverride
@@ -22,14 +21,10 @@ from sxdm_stream.simulators.validation import accuracy_report
 TIMEOUT = 120
 
 
-@pytest.fixture(scope="module")
-def reference(small_scenario):
+@pytest.fixture
+def reference(small_processed):
     """The maps of the small scenario, accumulated in-process (no sockets)."""
-    setup = ScanSetup(small_scenario.geometry, small_scenario.scan)
-    processor = ScanProcessor(setup)
-    for index, _a, _p, frame in small_scenario.simulator.frames(reuse_buffer=True):
-        processor.add(index, frame)
-    return processor
+    return small_processed
 
 
 def wait_until(condition, timeout: float = TIMEOUT) -> None:

@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 from PySide6 import QtCore
 
-from sxdm_stream.accumulate import ScanSetup
 from sxdm_stream.hdf5 import write_results
-from sxdm_stream.pipeline import ScanProcessor
 from sxdm_stream.plugins.viewer import app
 from sxdm_stream.plugins.viewer.results import FileHistograms, ResultsFile
 from sxdm_stream.plugins.viewer.subscriber import SnapshotFeed
@@ -24,12 +22,9 @@ from sxdm_stream.publish import SnapshotPublisher, encode_snapshot
 WAIT_MS = 20_000
 
 
-@pytest.fixture(scope="module")
-def processed(small_scenario):
-    processor = ScanProcessor(ScanSetup(small_scenario.geometry, small_scenario.scan))
-    for index, _a, _p, frame in small_scenario.simulator.frames(reuse_buffer=True):
-        processor.add(index, frame)
-    return processor
+@pytest.fixture
+def processed(small_processed):
+    return small_processed
 
 
 @pytest.fixture

@@ -12,9 +12,7 @@ import pytest
 import tifffile
 from PySide6 import QtGui
 
-from sxdm_stream.accumulate import ScanSetup
 from sxdm_stream.maps import MAP_FIELDS
-from sxdm_stream.pipeline import ScanProcessor
 from sxdm_stream.plugins.viewer.distributions import pole_points
 from sxdm_stream.plugins.viewer.export import export_tiffs
 from sxdm_stream.plugins.viewer.inspector import format_value
@@ -27,12 +25,9 @@ from sxdm_stream.plugins.viewer.subscriber import SnapshotMailbox
 from sxdm_stream.publish import Snapshot, decode_snapshot, encode_snapshot
 
 
-@pytest.fixture(scope="module")
-def processed(small_scenario):
-    processor = ScanProcessor(ScanSetup(small_scenario.geometry, small_scenario.scan))
-    for index, _a, _p, frame in small_scenario.simulator.frames(reuse_buffer=True):
-        processor.add(index, frame)
-    return processor
+@pytest.fixture
+def processed(small_processed):
+    return small_processed
 
 
 def snapshot(processor, **info) -> Snapshot:
