@@ -15,6 +15,15 @@ counted. Series start and end messages are never dropped.
 
 Every message is accounted for: decoded or rejected (by reason) at the receiver; every image
 processed, rejected (by reason) or dropped.
+
+Two planes: a series whose start carries only a correlation id is joined to the control
+system's run with that id (:class:`~sxdm_stream.messages.PlanStart`, submitted by the bluesky
+callback): the run describes the scan and measures the positions, frame ``image_id`` = point
+index. Frames wait (at most ``hold_frames``) for their positions; when the detector's end
+comes first, the series waits for the run's end at most ``join_timeout_s``. Frames whose
+positions never came are placed by index and counted (``placed_by_index``); frames of a
+series whose run never described it (its start document was missed) are rejected under
+``no_scan_description``, never mixed into another run.
 """
 
 from __future__ import annotations
@@ -38,7 +47,8 @@ from .errors import BadMessageError, ConfigError, SxdmError
 from .geometry import Geometry, geometry_from_description
 from .hdf5 import write_results
 from .maps import DEFAULT_MASK_FRACTION, MapSet
-from .messages import ImageFrame, SeriesEnd, SeriesStart
+from .join import HeldFrames, PlanBook, correlation_id_of, describes_scan
+from .messages import ImageFrame, PlanEnd, PlanStart, PointPositions, SeriesEnd, SeriesStart
 from .pipeline import ScanProcessor
 from .publish import (SnapshotPublisher, decode_pixel_request, encode_pixel_error,
                       encode_pixel_reply, encode_snapshot)
@@ -52,7 +62,10 @@ POLICIES = ("block", "drop")
 @dataclass(frozen=True)
 class LiveSettings:
     """How the live processor runs. ``snapshot_hz`` bounds the snapshot rate; snapshots also
-    never take more than ~20% of the worker's time (the interval grows on big maps)."""
+    never take more than ~20% of the worker's time (the interval grows on big maps).
+    ``hold_frames`` bounds the frames kept waiting for positions from the control system
+    (each a full detector frame: 512 Maxipix frames are 0.5 GB); ``join_timeout_s`` is how
+    long a series ended by the detector waits for its run's remaining positions."""
 
     accumulation: AccumulationSettings = field(default_factory=AccumulationSettings)
     mask_fraction: float = DEFAULT_MASK_FRACTION
@@ -61,12 +74,16 @@ class LiveSettings:
     queue_size: int = 256
     snapshot_hz: float = 10.0
     checkpoints: bool = True
+    hold_frames: int = 512
+    join_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ConfigError(f"back-pressure policy {self.policy!r} is not one of {POLICIES}")
-        if self.queue_size < 1 or self.snapshot_hz <= 0:
-            raise ConfigError("queue_size and snapshot_hz must be positive")
+        if self.queue_size < 1 or self.snapshot_hz <= 0 or self.hold_frames < 1:
+            raise ConfigError("queue_size, snapshot_hz and hold_frames must be positive")
+        if self.join_timeout_s < 0:
+            raise ConfigError("join_timeout_s must not be negative")
 
 
 @dataclass(frozen=True)
@@ -155,6 +172,11 @@ class LiveProcessor:
         self._first_image_s: float | None = None
         self._finished: tuple = (None, None)
         self.last_maps: MapSet | None = None
+        self._plans = PlanBook()
+        self._plan = None                       # the control-system run joined to the series
+        self._held = HeldFrames(self.settings.hold_frames)
+        self._end_pending: float | None = None  # when the detector ended a series still joining
+        self.placed_by_index = 0
         if resume:
             self._resume()
 
@@ -214,11 +236,13 @@ class LiveProcessor:
             sock.close()
 
     def submit(self, message) -> None:
-        """Hand a decoded message (SeriesStart, ImageFrame, SeriesEnd) to the processor, from
-        any thread: the entry of sources other than the DECTRIS receiver. Applies the
-        back-pressure policy to images; start and end messages wait for room."""
-        if not isinstance(message, (ImageFrame, SeriesStart, SeriesEnd)):
-            raise TypeError(f"submit takes SeriesStart, ImageFrame or SeriesEnd, not {type(message)}")
+        """Hand a decoded message (SeriesStart, ImageFrame, SeriesEnd, or the control system's
+        PlanStart, PointPositions, PlanEnd) to the processor, from any thread: the entry of
+        sources other than the DECTRIS receiver. Applies the back-pressure policy to images;
+        other messages wait for room."""
+        if not isinstance(message, (ImageFrame, SeriesStart, SeriesEnd, PlanStart, PointPositions,
+                                    PlanEnd)):
+            raise TypeError(f"submit takes a stream or plan message, not {type(message)}")
         self.receiver.messages += 1
         self._enqueue(message)
 
@@ -247,10 +271,12 @@ class LiveProcessor:
                 except queue.Empty:
                     if self._stop.is_set():
                         break
+                    self._check_end_pending()
                     self._maybe_snapshot()
                     self._answer_requests()
                     continue
                 self._handle(message)
+                self._check_end_pending()
                 self._maybe_snapshot()
                 self._answer_requests()
             self._finish_series(complete=False)
@@ -297,6 +323,12 @@ class LiveProcessor:
                 self._on_start(message)
             elif isinstance(message, SeriesEnd):
                 self._on_end(message)
+            elif isinstance(message, PointPositions):
+                self._on_positions(message)
+            elif isinstance(message, PlanStart):
+                self._on_plan_start(message)
+            elif isinstance(message, PlanEnd):
+                self._on_plan_end(message)
         except SxdmError as exc:                 # a bad start message, an unwritable file...
             reason = getattr(exc, "reason", "error")
             self.rejected[reason] += 1
@@ -310,19 +342,31 @@ class LiveProcessor:
             self.series = start
             return
         self._finish_series(complete=False)
-        setup = setup_for_series(start, self.settings.accumulation, self.override)
-        self.processor = ScanProcessor(setup, self.settings.mask_fraction, self.settings.d_ref)
-        self.series = start
+        correlation_id = correlation_id_of(start.sxdm)
+        self.series, self._plan = start, self._plans.get(correlation_id)
         self._series_index += 1
         self._angles_written = 0
+        if self.override is None and self._plan is None and correlation_id is not None \
+                and not describes_scan(start.sxdm):
+            log.info("series %s waits for the run with correlation id %s to describe its scan",
+                     start.series_id, correlation_id)
+            return                                # images are held until the run starts
+        self._begin_series()
+
+    def _begin_series(self) -> None:
+        start, plan = self.series, self._plan
+        setup = setup_for_series(start, self.settings.accumulation, self.override,
+                                 plan.sxdm if plan is not None else None)
+        self.processor = ScanProcessor(setup, self.settings.mask_fraction, self.settings.d_ref)
         scan = setup.scan
-        log.info("series %s (%s): %dx%d map, %d rocking angles, %d frames", start.series_id,
-                 start.series_unique_id, *scan.shape, scan.n_angles, scan.n_frames)
+        log.info("series %s (%s): %dx%d map, %d rocking angles, %d frames%s", start.series_id,
+                 start.series_unique_id, *scan.shape, scan.n_angles, scan.n_frames,
+                 f", joined to run {plan.run_uid}" if plan is not None else "")
 
     def _on_image(self, image: ImageFrame) -> None:
         if self._first_image_s is None:
             self._first_image_s = image.received_s
-        if self.processor is None or self.series is None:
+        if self.series is None:
             self._reject("image_before_start", f"image {image.image_id} of series "
                          f"{image.series_id} arrived before any series start")
             return
@@ -332,21 +376,96 @@ class LiveProcessor:
             self._reject("unknown_series", f"image {image.image_id} belongs to series "
                          f"{image.series_id}, the current series is {self.series.series_id}")
             return
-        if self.processor.add(image.image_id, image.data, positions=image.positions):
+        if self.processor is None:                # waiting for the run's description
+            for lost in self._held.hold(image):
+                self._reject_undescribed(1, f"image {lost.image_id} pushed out of the "
+                                         f"{self._held.limit} frames held")
+            return
+        positions = image.positions
+        if positions is None and self._plan is not None:
+            positions = self._plan.positions.pop(int(image.image_id), None)
+            if positions is None and not self._plan.ended:
+                for early in self._held.hold(image):   # positions late: the oldest go by index
+                    self._add(early, None)
+                return
+        self._add(image, positions)
+
+    def _add(self, image: ImageFrame, positions) -> None:
+        if positions is None and self._plan is not None:
+            self.placed_by_index += 1
+            self._report("placed_by_index", f"image {image.image_id}: no positions from run "
+                         f"{self._plan.run_uid}; placed by its index")
+        if self.processor.add(image.image_id, image.data, positions=positions):
             self._pending_received.append(image.received_s)
         if self.processor.angles_done > self._angles_written:
             self._angles_written = self.processor.angles_done
             self._schedule_write(complete=False)
 
+    def _reject_undescribed(self, n: int, what: str) -> None:
+        correlation_id = correlation_id_of(self.series.sxdm)
+        self.rejected["no_scan_description"] += n
+        self._report("no_scan_description", f"series {self.series.series_id}: {what}; no run "
+                     f"with correlation id {correlation_id} described its scan (was its start "
+                     "document missed?): rejected, never mixed into another run")
+
     def _on_end(self, end: SeriesEnd) -> None:
         if self.series is None or end.series_id != self.series.series_id:
             self._reject("unknown_series", f"end of series {end.series_id}, which is not current")
             return
+        if self.processor is None or (len(self._held) and not self._plan.ended):
+            self._end_pending = time.monotonic()  # the run's description or positions are late
+            return
         self._finish_series(complete=True)
 
-    def _finish_series(self, complete: bool) -> None:
-        if self.processor is None:
+    # ---- the control system's plane -----------------------------------------------------------
+    def _on_plan_start(self, message: PlanStart) -> None:
+        plan = self._plans.start(message)
+        if self.series is None or correlation_id_of(self.series.sxdm) != message.correlation_id:
             return
+        self._plan = plan
+        if self.processor is None:
+            self._begin_series()
+            for image in self._held.release():
+                self._on_image(image)
+
+    def _on_positions(self, message: PointPositions) -> None:
+        plan = self._plans.add_positions(message)
+        if plan is None:
+            self._reject("unknown_run", f"positions of frame {message.frame_index} for correlation "
+                         f"id {message.correlation_id}, a run that never started here")
+            return
+        if plan is self._plan and self.processor is not None:
+            image = self._held.claim(message.frame_index)
+            if image is not None:
+                self._add(image, plan.positions.pop(int(message.frame_index)))
+
+    def _on_plan_end(self, message: PlanEnd) -> None:
+        plan = self._plans.end(message)
+        if plan is not None and plan is self._plan and self.processor is not None:
+            for image, positions in self._held.claim_with_positions(plan):
+                self._add(image, positions)
+
+    def _check_end_pending(self) -> None:
+        """Finish a series the detector ended once its run caught up, or after the timeout."""
+        if self._end_pending is None:
+            return
+        caught_up = self.processor is not None and (not len(self._held) or self._plan.ended)
+        if caught_up or time.monotonic() - self._end_pending > self.settings.join_timeout_s:
+            self._finish_series(complete=True)
+
+    def _finish_series(self, complete: bool) -> None:
+        self._end_pending = None
+        if self.processor is None:
+            held = self._held.release()
+            if held:
+                self._reject_undescribed(len(held), f"{len(held)} images")
+            self.series, self._plan = None, None
+            return
+        for image in self._held.release():
+            self._add(image, None)
+        if self._plan is not None:
+            self._plans.discard(self._plan.correlation_id)
+            self._plan = None
         self._snapshot(complete=complete)
         self._schedule_write(complete=complete, last=True)
         self._processed_before += self.processor.counters.processed
@@ -499,14 +618,16 @@ class LiveProcessor:
             "latency_p99_s": float(np.percentile(lat, 99)) if lat.size else None,
             "series_id": self.series.series_id if self.series else None,
             "progress": (int(p.included.sum()), p.setup.scan.n_frames) if p else None,
+            "held": len(self._held), "placed_by_index": self.placed_by_index,
         }
 
 
 
 def setup_for_series(start: SeriesStart, settings: AccumulationSettings,
-                     override: ScanOverride | None) -> ScanSetup:
+                     override: ScanOverride | None, plan_block=None) -> ScanSetup:
     """The scan set-up of a series: from ``override`` if given, else from the start message's
-    sxdm block; the detector's pixel mask is used unless the geometry brings its own."""
+    sxdm block, else from the joined run's block (``plan_block``); the detector's pixel mask
+    is used unless the geometry brings its own."""
     if override is not None:
         geometry, scan = override.geometry, override.scan
         if geometry.detector.mask is None and start.pixel_mask is not None:
@@ -514,8 +635,8 @@ def setup_for_series(start: SeriesStart, settings: AccumulationSettings,
             geometry = Geometry(replace(geometry.detector, mask=start.pixel_mask),
                                 geometry.energy_ev, geometry.diffractometer)
     else:
-        block = start.sxdm
-        if block is None or "scan" not in block or "geometry" not in block:
+        block = start.sxdm if describes_scan(start.sxdm) else plan_block
+        if not describes_scan(block):
             raise BadMessageError(
                 f"series {start.series_id} carries no scan description (user_data 'sxdm' block) "
                 "and none was given with --scan-file", "no_scan_description")
@@ -540,4 +661,5 @@ def format_status(status: dict) -> str:
     return (f"{where} | {status['frames_per_s']:.0f} frames/s | processed {status['processed']} "
             f"| rejected {rejected}{' ' + str(status['rejected']) if rejected else ''} "
             f"| dropped {status['dropped']} | queued {status['queued']}"
-            + (f" | latency p99 {1000 * lat:.0f} ms" if lat is not None else ""))
+            + (f" | latency p99 {1000 * lat:.0f} ms" if lat is not None else "")
+            + (f" | waiting for positions {status['held']}" if status.get("held") else ""))

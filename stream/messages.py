@@ -10,6 +10,11 @@ under the key ``"sxdm"``:
   "geometry": Geometry.describe(), "correlation_id": str}}``;
 * image: ``{"sxdm": {"positions": {motor: value, ...}}}`` with the measured positions of the
   frame (micrometres for the map motors, degrees for angles), optional.
+
+A detector that knows nothing of the scan sends only ``{"sxdm": {"correlation_id": str}}``
+in its start; the control system then describes the run and measures the positions
+(:class:`PlanStart`, :class:`PointPositions`, :class:`PlanEnd`), joined to the detector's
+series by that correlation id and to its frames by index (:mod:`sxdm_stream.join`).
 """
 
 from __future__ import annotations
@@ -87,7 +92,43 @@ class SeriesEnd:
     series_unique_id: str | None = None
 
 
+@dataclass(frozen=True, eq=False)
+class PlanStart:
+    """A run of the control system (a bluesky plan) began whose frames come from a detector
+    stream: the run describes the scan, the detector sends the frames.
+
+    The two are joined by ``correlation_id``, which the run carries in its ``sxdm`` block
+    and the detector in its series start ``user_data`` (``{"sxdm": {"correlation_id": ...}}``).
+    ``sxdm`` is the run's block: ``scan`` and ``geometry`` descriptions (see the module
+    docstring).
+    """
+
+    correlation_id: str
+    run_uid: str
+    sxdm: Mapping = field(repr=False)
+
+
+@dataclass(frozen=True)
+class PointPositions:
+    """Measured positions of the frame with index ``frame_index`` (0-based, the detector's
+    ``image_id``) of the run joined by ``correlation_id``: micrometres for the map motors,
+    degrees for angles."""
+
+    correlation_id: str
+    frame_index: int
+    positions: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class PlanEnd:
+    """The control-system run joined by ``correlation_id`` ended: no more positions come."""
+
+    correlation_id: str
+    exit_status: str | None = None
+
+
 StreamMessage = Union[SeriesStart, ImageFrame, SeriesEnd]
+PlanMessage = Union[PlanStart, PointPositions, PlanEnd]
 
 
 def _sxdm_block(user_data: Any) -> Mapping | None:

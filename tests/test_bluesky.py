@@ -4,6 +4,7 @@ recovered through the callback match the simulation's ground truth."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -207,3 +208,38 @@ def test_stream_resource_frames_join_their_events(tmp_path):
     with_positions = {m.image_id for m in images if m.positions}
     assert with_positions == {0, 1, 2, 3}           # events 5..8 never came: placed by index
     assert not cb.rejected
+
+
+def test_detector_stream_joined_to_bluesky_positions(run_engine, small_scenario):
+    """Two planes: a streaming detector sends the frames over a real DECTRIS stream (its start
+    carries only the correlation id), the RunEngine's documents carry the scan and the measured
+    positions; the processor joins them by correlation id and frame index."""
+    from sxdm_stream.plugins.bluesky import StreamingSxdmDetector
+    from sxdm_stream.sender import StreamSender
+
+    sender = StreamSender("tcp://127.0.0.1:*")
+    live = LiveProcessor(sender.endpoint, settings=LiveSettings(checkpoints=False), max_series=1)
+    live.start()
+    try:
+        devices = sim_sxdm_devices(small_scenario)
+        eiger = StreamingSxdmDetector(small_scenario, devices.motors, sender, name="eiger")
+        callback = SxdmCallback(live)            # no mask given: the detector's start brings it
+        run_engine.subscribe(callback)
+        names = []
+        run_engine.subscribe(lambda name, doc: names.append((name, doc)))
+        (uid,) = run_map(run_engine, SimpleNamespace(det=eiger, **devices.motors), small_scenario,
+                         correlation_id="beamtime-42")
+        maps = finished_maps(live)
+    finally:
+        live.stop()
+        sender.close()
+    start = names[0][1]
+    assert start["sxdm"]["correlation_id"] == "beamtime-42"
+    descriptor = next(doc for name, doc in names if name == "descriptor")
+    assert not any(len(k.get("shape") or []) >= 2 for k in descriptor["data_keys"].values())
+    status = live.status()
+    assert status["processed"] == small_scenario.scan.n_frames, status
+    assert not status["rejected"] and status["placed_by_index"] == 0, status
+    assert not callback.rejected
+    assert live.results[0].series_unique_id != uid          # the detector's own series
+    assert_accurate(maps, small_scenario)

@@ -11,12 +11,13 @@ Needs the optional dependencies ``bluesky``, ``ophyd``, ``event-model``, ``msgpa
 """
 
 from .callback import SxdmCallback
-from .devices import SimulatedAxis, SimulatedSxdmDetector, sim_sxdm_devices
+from .devices import (SimulatedAxis, SimulatedSxdmDetector, StreamingSxdmDetector,
+                      sim_sxdm_devices)
 from .feedback import LiveFeedback, summarize_maps
 from .metadata import scan_from_start, sxdm_block
 from .plans import sxdm_map, sxdm_map_until_peak, widen_rocking_range
 from .remote import RemoteListener, listen
 
-__all__ = ["SxdmCallback", "SimulatedAxis", "SimulatedSxdmDetector", "sim_sxdm_devices",
+__all__ = ["SxdmCallback", "SimulatedAxis", "SimulatedSxdmDetector", "StreamingSxdmDetector", "sim_sxdm_devices",
            "LiveFeedback", "summarize_maps", "scan_from_start", "sxdm_block", "sxdm_map",
            "sxdm_map_until_peak", "widen_rocking_range", "RemoteListener", "listen"]

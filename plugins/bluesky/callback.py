@@ -5,13 +5,16 @@ document name. It only converts documents into the processor's messages
 (:mod:`sxdm_stream.messages`) and hands them to ``processor.submit``; accumulation happens on
 the processor's worker thread, never on the RunEngine's or the 0MQ dispatcher's thread.
 
-* ``start`` with an ``"sxdm"`` block -> :class:`SeriesStart` (series_unique_id = run uid);
-  runs without the block (alignment scans, ...) are ignored;
-* ``descriptor`` of the ``primary`` stream -> which data key holds the image;
+* ``start`` with an ``"sxdm"`` block: an SXDM run; runs without the block (alignment
+  scans, ...) are ignored;
+* ``descriptor`` of the ``primary`` stream: if it has an image data key, the frames come
+  with the documents -> :class:`SeriesStart` (series_unique_id = run uid); if it has none,
+  the frames come from a detector stream -> :class:`PlanStart` with the run's correlation id;
 * ``event`` / ``event_page`` -> :class:`ImageFrame`: ``image_id = seq_num - 1``, measured
   positions of the map motors and the rocking axis from the event data; the image inline,
-  or read from the file a ``datum`` / ``stream_datum`` points at (:mod:`.files`);
-* ``stop`` -> :class:`SeriesEnd`.
+  or read from the file a ``datum`` / ``stream_datum`` points at (:mod:`.files`). Without
+  an image key -> :class:`PointPositions` (frame index ``seq_num - 1``);
+* ``stop`` -> :class:`SeriesEnd` (or :class:`PlanEnd`).
 
 Documents of a run whose start was not seen (a late joiner on the 0MQ proxy) are counted
 under ``missed_start`` and reported once: their frames are never mixed into another run.
@@ -28,7 +31,8 @@ import numpy as np
 from bluesky.callbacks.core import CallbackBase
 
 from sxdm_stream.errors import SxdmError
-from sxdm_stream.messages import SXDM_KEY, ImageFrame, SeriesEnd, SeriesStart
+from sxdm_stream.messages import (SXDM_KEY, ImageFrame, PlanEnd, PlanStart, PointPositions,
+                                  SeriesEnd, SeriesStart)
 from sxdm_stream.scan import ScanDescription
 
 from .files import FrameFiles
@@ -44,7 +48,11 @@ class _Run:
     uid: str
     series_id: int
     scan: ScanDescription
-    image_keys: dict[str, str] = field(default_factory=dict)        # descriptor uid -> key
+    block: dict
+    #: "frames" (images in the documents), "positions" (a detector streams them), None: no
+    #: primary descriptor yet
+    mode: str | None = None
+    image_keys: dict[str, str | None] = field(default_factory=dict)  # descriptor uid -> key
     positions: dict[int, dict] = field(default_factory=dict)        # seq_num -> positions
     pending: dict[int, np.ndarray] = field(default_factory=dict)    # seq_num -> frame
     frames: int = 0
@@ -98,13 +106,9 @@ class SxdmCallback(CallbackBase):
             self._ignored.add(doc["uid"])
             return
         self.runs_seen += 1
-        self._run = _Run(doc["uid"], self._series_id(doc), scan)
-        self.last_run_uid, self.last_scan = doc["uid"], scan
         block = {**doc[SXDM_KEY], "scan": scan.describe(), "correlation_id": correlation_id_of(doc)}
-        self.processor.submit(SeriesStart(
-            series_id=self._run.series_id, series_unique_id=doc["uid"],
-            number_of_images=scan.n_frames, pixel_mask=self.pixel_mask,
-            energy_ev=block.get("geometry", {}).get("energy_ev"), user_data={SXDM_KEY: block}))
+        self._run = _Run(doc["uid"], self._series_id(doc), scan, block)
+        self.last_run_uid, self.last_scan = doc["uid"], scan
 
     def descriptor(self, doc):
         run = self._run
@@ -117,11 +121,25 @@ class SxdmCallback(CallbackBase):
         if doc.get("name", "primary") != self.stream_name:
             return
         key = self.image_key or _find_image_key(doc["data_keys"])
-        if key is None or key not in doc["data_keys"]:
+        if self.image_key is not None and key not in doc["data_keys"]:
             self._report("no_image_key", f"stream {doc.get('name')!r} of run {run.uid} has no "
-                         f"2D image data key ({sorted(doc['data_keys'])})")
+                         f"data key {key!r} ({sorted(doc['data_keys'])})")
             return
         run.image_keys[doc["uid"]] = key
+        if run.mode is not None:
+            return
+        block = run.block
+        if key is None:
+            run.mode = "positions"
+            log.info("run %s records no images: its frames come from a detector stream with "
+                     "correlation id %s", run.uid, block["correlation_id"])
+            self.processor.submit(PlanStart(block["correlation_id"], run.uid, block))
+        else:
+            run.mode = "frames"
+            self.processor.submit(SeriesStart(
+                series_id=run.series_id, series_unique_id=run.uid,
+                number_of_images=run.scan.n_frames, pixel_mask=self.pixel_mask,
+                energy_ev=block.get("geometry", {}).get("energy_ev"), user_data={SXDM_KEY: block}))
 
     def event(self, doc):
         run = self._run
@@ -134,7 +152,11 @@ class SxdmCallback(CallbackBase):
         seq_num, data = int(doc["seq_num"]), doc["data"]
         names = (*run.scan.motors, run.scan.rocking_axis)
         positions = {m: float(data[m]) for m in names if m in data}
-        value = data.get(run.image_keys[doc["descriptor"]])
+        key = run.image_keys[doc["descriptor"]]
+        if key is None:
+            self.processor.submit(PointPositions(run.block["correlation_id"], seq_num - 1, positions))
+            return
+        value = data.get(key)
         try:
             if value is None:                      # external "STREAM:" key: stream_datum brings it
                 run.positions[seq_num] = positions
@@ -174,11 +196,14 @@ class SxdmCallback(CallbackBase):
         if run is None or doc["run_start"] != run.uid:
             self._ignored.discard(doc["run_start"])
             return
-        for seq_num in sorted(run.pending):        # frames whose events never came: by index
-            self._submit_frame(seq_num, run.pending.pop(seq_num), None)
-        log.info("run %s: %d frames handed to the processor (%s)", run.uid, run.frames,
-                 doc.get("exit_status"))
-        self.processor.submit(SeriesEnd(run.series_id, run.uid))
+        if run.mode == "positions":
+            self.processor.submit(PlanEnd(run.block["correlation_id"], doc.get("exit_status")))
+        elif run.mode == "frames":
+            for seq_num in sorted(run.pending):    # frames whose events never came: by index
+                self._submit_frame(seq_num, run.pending.pop(seq_num), None)
+            log.info("run %s: %d frames handed to the processor (%s)", run.uid, run.frames,
+                     doc.get("exit_status"))
+            self.processor.submit(SeriesEnd(run.series_id, run.uid))
         self._close_run()
 
     # ---- helpers ----------------------------------------------------------------------------

@@ -8,12 +8,17 @@ read-back of the live processor's results that plans can use to steer.
   positions (``scan.pixel_of_position``) and of the nearest simulated rocking angle. With
   ``write_path`` it writes frames to HDF5 like an area detector's HDF5 plugin and emits
   ``resource`` (spec ``AD_HDF5``) / ``datum`` documents instead of the image inline;
+* :class:`StreamingSxdmDetector`: the same frames sent over a DECTRIS stream, like a real
+  Eiger: the run's documents only record the image number, the detector's series start only
+  the correlation id the plan gave it; the processor joins the two planes
+  (:mod:`sxdm_stream.join`);
 * :class:`LiveFeedback`: the live maps as an ophyd readable device (see :mod:`.feedback`).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections import deque
 from pathlib import Path
@@ -25,6 +30,9 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.sim import SynAxis
 from ophyd.status import StatusBase
+
+from sxdm_stream.messages import (SXDM_KEY, SXDM_METADATA_VERSION, ImageFrame, SeriesEnd,
+                                  SeriesStart)
 
 from .feedback import LiveFeedback  # noqa: F401  (re-exported: the devices of this plugin)
 from .files import AD_HDF5_DATASET
@@ -60,7 +68,6 @@ class SimulatedSxdmDetector(Device):
         self.scenario = scenario
         self.motors = dict(motors)
         self.write_path = Path(write_path) if write_path is not None else None
-        self._angles = np.asarray(scenario.scan.rocking_angles)
         self._shape = tuple(scenario.geometry.detector.shape)
         self._file: h5py.File | None = None
         self._resource_uid: str | None = None
@@ -70,15 +77,7 @@ class SimulatedSxdmDetector(Device):
     # ---- simulation -------------------------------------------------------------------------
     def simulated_frame(self) -> np.ndarray:
         """The frame for the motors' current positions (zeros off the simulated grid)."""
-        scan = self.scenario.scan
-        row_um, col_um = (float(self.motors[m].position) for m in scan.motors)
-        eta = float(self.motors[scan.rocking_axis].position)
-        point = scan.pixel_of_position(row_um, col_um)
-        angle = int(np.argmin(np.abs(self._angles - eta)))
-        step = float(np.mean(np.abs(np.diff(self._angles)))) if len(self._angles) > 1 else np.inf
-        if point is None or abs(self._angles[angle] - eta) > step:
-            return np.zeros(self._shape, dtype=np.uint32)
-        return self.scenario.simulator.frame(angle, point)
+        return simulated_frame(self.scenario, self.motors)
 
     # ---- bluesky protocol -------------------------------------------------------------------
     def stage(self):
@@ -141,6 +140,99 @@ class SimulatedSxdmDetector(Device):
                                            "datum_kwargs": {"point_number": self._point}}))
         self._point += 1
         return datum_id
+
+
+def simulated_frame(scenario, motors) -> np.ndarray:
+    """The simulator's frame of the grid point nearest the motors' current positions and of
+    the nearest simulated rocking angle; zeros off the simulated grid."""
+    scan = scenario.scan
+    angles = np.asarray(scan.rocking_angles)
+    row_um, col_um = (float(motors[m].position) for m in scan.motors)
+    eta = float(motors[scan.rocking_axis].position)
+    point = scan.pixel_of_position(row_um, col_um)
+    angle = int(np.argmin(np.abs(angles - eta)))
+    step = float(np.mean(np.abs(np.diff(angles)))) if len(angles) > 1 else np.inf
+    if point is None or abs(angles[angle] - eta) > step:
+        return np.zeros(tuple(scenario.geometry.detector.shape), dtype=np.uint32)
+    return scenario.simulator.frame(angle, point)
+
+
+class StreamingSxdmDetector(Device):
+    """A simulated Eiger-like detector that streams its frames (DECTRIS stream v2).
+
+    Staging arms a series: the start message carries the detector's own fields (image size,
+    energy, pixel size, beam centre, distance, pixel mask) and, in ``user_data``, only the
+    correlation id written to :attr:`correlation_id` (as one writes an Eiger's
+    ``header_appendix``; :func:`~.plans.sxdm_map` does it). Each trigger sends the frame for
+    the motors' current positions; the event records only :attr:`image_id`. Unstaging
+    ends the series.
+
+    Parameters
+    ----------
+    scenario : a :class:`sxdm_stream.simulators.scenarios.Scenario` (see
+        :class:`SimulatedSxdmDetector`).
+    motors : {motor name: ophyd positioner}.
+    sender : a :class:`sxdm_stream.sender.StreamSender` (the bound PUSH socket, format and
+        compression). A send waits for the receiver (back-pressure, as a real detector);
+        :meth:`stop` (called by the RunEngine on abort) ends the wait.
+    """
+
+    image_id = Cpt(Signal, value=-1, kind="normal")
+    correlation_id = Cpt(Signal, value="", kind="config")
+
+    def __init__(self, scenario, motors, sender, *, name="sxdm_eiger", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.scenario, self.motors, self.sender = scenario, dict(motors), sender
+        self._stopped = threading.Event()
+        self.series_id = 0
+        self._unique: str | None = None
+        self._count = 0
+
+    def stage(self):
+        geo = self.scenario.geometry
+        det = geo.detector
+        self.series_id += 1
+        self._unique, self._count = uuid.uuid4().hex, 0
+        self._stopped.clear()
+        correlation_id = self.correlation_id.get() or self._unique
+        self._send(SeriesStart(
+            series_id=self.series_id, series_unique_id=self._unique, image_shape=tuple(det.shape),
+            image_dtype="uint32", energy_ev=geo.energy_ev, wavelength_a=geo.wavelength_a,
+            pixel_size_m=det.pixel_size_m, beam_center=tuple(det.beam_center),
+            detector_distance_m=det.distance_m, pixel_mask=det.mask,
+            user_data={SXDM_KEY: {"version": SXDM_METADATA_VERSION,
+                                  "correlation_id": correlation_id}}))
+        return super().stage()
+
+    def unstage(self):
+        if self._unique is not None:
+            try:
+                self._send(SeriesEnd(self.series_id, self._unique))
+            except RuntimeError as exc:           # stopped: the processor's join timeout ends it
+                log.warning("%s", exc)
+            self._unique = None
+        return super().unstage()
+
+    def trigger(self):
+        frame = simulated_frame(self.scenario, self.motors)
+        self._send(ImageFrame(series_id=self.series_id, image_id=self._count, data=frame,
+                              series_unique_id=self._unique))
+        self.image_id.put(self._count)
+        self._count += 1
+        status = StatusBase()
+        status.set_finished()
+        return status
+
+    def stop(self, *, success=False):
+        self._stopped.set()
+        return super().stop(success=success)
+
+    def _send(self, message) -> None:
+        send = {SeriesStart: self.sender.send_start, ImageFrame: self.sender.send_image,
+                SeriesEnd: self.sender.send_end}[type(message)]
+        if not send(message, self._stopped):
+            raise RuntimeError(f"{self.name}: stopped while waiting for a receiver of the "
+                               f"{type(message).__name__} at {self.sender.endpoint}")
 
 
 def sim_sxdm_devices(scenario, *, write_path=None, detector_name: str = "sxdm_det") -> SimpleNamespace:

@@ -13,6 +13,7 @@ the rocking curve's tails fall below a threshold (:class:`~.feedback.LiveFeedbac
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -44,6 +45,8 @@ def sxdm_map(detectors, slow_motor, slow_start, slow_stop, slow_num, fast_motor,
         "delta": 18.1}``.
     snake : run odd rows' columns backwards (``snaking=[False, False, True]``).
     correlation_id : joins the run to the detector's own stream; a fresh uuid when None.
+        Written to every detector with a ``correlation_id`` signal before it is staged (a
+        streaming detector puts it in its series start).
     md : extra metadata; keys given here win.
 
     Yields
@@ -51,6 +54,10 @@ def sxdm_map(detectors, slow_motor, slow_start, slow_stop, slow_num, fast_motor,
     msg : bluesky messages. Returns the run uid.
     """
     angles = [float(a) for a in rocking_angles]
+    correlation_id = correlation_id or uuid.uuid4().hex
+    for det in detectors:
+        if hasattr(det, "correlation_id"):
+            yield from bps.abs_set(det.correlation_id, correlation_id, wait=True)
     slow = np.linspace(slow_start, slow_stop, int(slow_num)).tolist()
     fast = np.linspace(fast_start, fast_stop, int(fast_num)).tolist()
     scan = ScanDescription(
