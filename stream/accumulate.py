@@ -13,6 +13,10 @@ The reduction follows the create / append / combine / finalize shape:
 Moments are kept per rocking angle, ``moments[angle, point, 10]``: their S0 is the per-angle
 intensity map, and shifting them between map pixels corrects sample drift without re-reading
 frames. The whole-scan moments are their sum over angles.
+
+q-space ROIs (``AccumulationSettings.q_rois``, see :mod:`sxdm_stream.qroi`) get moments of the
+same layout, ``roi_moments[angle, point, roi, 10]``, from the pixels whose q falls inside them:
+shifted between map pixels like ``moments``, merged by addition like everything else.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from . import kernels
 from .errors import BadFrameError, ConfigError
 from .geometry import Geometry, geometry_from_description
 from .grid import DEFAULT_MAX_BINS, QGrid, check_histogram_budget, grid_for_scan
+from .qroi import QRoi, check_roi_names, roi_table
 from .scan import ScanDescription
 
 
@@ -53,6 +58,8 @@ class AccumulationSettings:
     histogram_dtype : "float32" (exact for integer counts up to 2**24 per bin) or "float64".
     histogram_budget_mib : memory allowed for the histograms of the whole map.
     q_ref : reference q subtracted before summing moments; None = centre of the covered q range.
+    q_rois : q-space ROIs (:class:`~sxdm_stream.qroi.QRoi`, or their descriptions), each with
+        its own exact moments per rocking angle and map pixel; () for none (no cost).
     """
 
     threshold: float = 0.0
@@ -62,8 +69,12 @@ class AccumulationSettings:
     histogram_dtype: str = "float32"
     histogram_budget_mib: float = 2048.0
     q_ref: tuple[float, float, float] | None = None
+    q_rois: tuple[QRoi, ...] = ()
 
     def __post_init__(self) -> None:
+        # descriptions (dicts from JSON, TOML or asdict) become QRoi
+        object.__setattr__(self, "q_rois", tuple(QRoi.from_description(r) for r in self.q_rois))
+        check_roi_names(self.q_rois)
         if self.histogram_dtype not in ("float32", "float64"):
             raise ConfigError(
                 f"histogram_dtype {self.histogram_dtype!r} is not one of 'float32', 'float64'"
@@ -111,6 +122,8 @@ class ScanSetup:
         self.inv_step = 1.0 / np.asarray(self.grid.step)
         self.bins = np.asarray(self.grid.bins, dtype=np.int64)
         self.roi_origin = geometry.detector.roi_bounds[0], geometry.detector.roi_bounds[2]
+        self.q_rois = s.q_rois
+        self.roi_table = roi_table(s.q_rois, self.q_ref)
 
     def describe(self) -> dict:
         """JSON-able description; equal descriptions mean accumulators can be merged."""
@@ -160,6 +173,8 @@ class Accumulator:
         self.setup = setup
         scan = setup.scan
         self.moments = np.zeros((scan.n_angles, scan.n_points, kernels.N_MOMENTS))
+        self.roi_moments = np.zeros((scan.n_angles, scan.n_points, len(setup.q_rois),
+                                     kernels.N_MOMENTS))
         if setup.keep_histogram:
             self.histogram = np.zeros((scan.n_points, setup.grid.n_bins), setup.histogram_dtype)
         else:
@@ -205,7 +220,8 @@ class Accumulator:
         added = kernels.accumulate_frame(
             frame, s.roi_origin[0], s.roi_origin[1], s.kf, s.mask, s.rots[angle_index],
             s.offsets[angle_index], s.edge0, s.inv_step, s.bins, scale,
-            s.settings.threshold, self.moments[angle_index, point_index], hist)
+            s.settings.threshold, self.moments[angle_index, point_index], hist,
+            *self._roi_arguments(self.roi_moments[angle_index, point_index]))
         self.frame_count[angle_index, point_index] += 1
         return added
 
@@ -232,9 +248,13 @@ class Accumulator:
         added = kernels.accumulate_frames(
             frames, angle_index, point_index, scales, s.roi_origin[0], s.roi_origin[1], s.kf,
             s.mask, s.rots, s.offsets, s.edge0, s.inv_step, s.bins, s.settings.threshold,
-            self.moments, hist)
+            self.moments, hist, *self._roi_arguments(self.roi_moments))
         np.add.at(self.frame_count, (angle_index, point_index), 1)
         return added
+
+    def _roi_arguments(self, roi_moments: np.ndarray) -> tuple:
+        # None, None compiles the kernel without the ROI code: no cost when there are no ROIs
+        return (self.setup.roi_table, roi_moments) if self.setup.q_rois else (None, None)
 
     # ---- combine ------------------------------------------------------------------------
     def merge(self, other: "Accumulator") -> "Accumulator":
@@ -242,6 +262,7 @@ class Accumulator:
         if other.setup.fingerprint != self.setup.fingerprint:
             raise ConfigError("cannot merge accumulators of different scans or settings")
         self.moments += other.moments
+        self.roi_moments += other.roi_moments
         self.histogram += other.histogram
         self.frame_count += other.frame_count
         return self
@@ -253,21 +274,29 @@ class Accumulator:
 
     def state(self) -> dict[str, np.ndarray]:
         """The arrays that define this accumulator (for checkpoints and merging elsewhere)."""
-        return {"moments": self.moments, "histogram": self.histogram, "frame_count": self.frame_count}
+        return {"moments": self.moments, "histogram": self.histogram,
+                "frame_count": self.frame_count, "roi_moments": self.roi_moments}
 
     def copy(self) -> "Accumulator":
         """An independent copy (for writing or publishing while frames keep coming)."""
         acc = object.__new__(Accumulator)
         acc.setup = self.setup
         acc.moments = self.moments.copy()
+        acc.roi_moments = self.roi_moments.copy()
         acc.histogram = self.histogram.copy()
         acc.frame_count = self.frame_count.copy()
         return acc
 
     @classmethod
     def from_state(cls, setup: ScanSetup, state: dict[str, np.ndarray]) -> "Accumulator":
+        """Restore from :meth:`state` arrays; ``roi_moments`` may be absent when there are no
+        q-ROIs (states written before ROIs existed)."""
         acc = cls(setup)
         for name, arr in acc.state().items():
+            if name not in state and arr.size == 0:
+                continue
+            if name not in state:
+                raise ConfigError(f"state lacks the array {name!r} this scan needs")
             if state[name].shape != arr.shape:
                 raise ConfigError(f"state array {name!r} has shape {state[name].shape}, "
                                   f"this scan needs {arr.shape}")

@@ -89,7 +89,8 @@ def read_checkpoint(path: str | Path, mask_fraction: float, d_ref: float | None)
                                         "(different sxdm-stream version?)")
         processor = ScanProcessor(setup, mask_fraction, d_ref)
         processor.accumulator = Accumulator.from_state(
-            setup, {name: f[name][()] for name in ("moments", "histogram", "frame_count")})
+            setup, {name: f[name][()] for name in ("moments", "histogram", "frame_count",
+                                                   "roi_moments") if name in f})
         processor.included[:] = f["included"][()]
         counters = json.loads(f.attrs["counters"])
         processor.counters.received = counters["received"]

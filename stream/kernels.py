@@ -11,6 +11,12 @@ For a pixel p of the ROI with counts c (kept when ``c >= threshold``, so never N
   ``S2 += w dq dq^T`` (xx, xy, xz, yy, yz, zz);
 * histogram (flat, C order over (bx, by, bz)): ``hist[bin(dq)] += w`` when dq falls on the grid.
   ``edge0`` is the lower edge of the first bin *relative to q_ref* and ``inv_step`` 1 / step.
+* q-ROI moments: for each row k of ``rois`` (n_rois, 12) = box lo (3), box hi (3), ellipsoid
+  centre (3), 1/semi-axes (3), all relative to q_ref (see :func:`sxdm_stream.qroi.roi_table`),
+  ``roi_moments[k]`` gets the same 10 moments from the pixels with ``lo <= dq < hi`` and
+  ``|(dq - centre) / semi|^2 <= 1`` (1/semi-axes 0 for a box). ``rois`` and ``roi_moments``
+  are None when there are no ROIs: numba then compiles a specialisation without the ROI code
+  (it prunes ``is None`` branches on arguments), so ROIs cost nothing unless configured.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ N_MOMENTS = 10
 
 @njit(nogil=True, cache=True)
 def _accumulate_one(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
-                    scale, threshold, moments, hist):
+                    scale, threshold, moments, hist, rois, roi_moments):
     # Shaped for speed (see benchmarks/README.md): rows are taken as views so the inner
     # loops index from 0 (numba's negative-index handling on frame[r0 + i, c0 + j] stops
     # vectorisation); the non-zero columns of a row are first collected without branching,
@@ -80,6 +86,8 @@ def _accumulate_one(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
                     ix, iy, iz = int(fx), int(fy), int(fz)
                     if ix < bx and iy < by and iz < bz:
                         hist[(ix * by + iy) * bz + iz] += wt
+            if rois is not None:
+                _add_to_rois(rois, dx, dy, dz, wt, roi_moments)
     moments[S0] += s0
     moments[S1X] += s1x
     moments[S1Y] += s1y
@@ -93,28 +101,63 @@ def _accumulate_one(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
     return s0
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _add_to_rois(rois, dx, dy, dz, wt, out):
+    """Add one hit's moments to ``out[k]`` (10,) of every ROI k of the table holding dq."""
+    for k in range(rois.shape[0]):
+        if not (rois[k, 0] <= dx < rois[k, 3] and rois[k, 1] <= dy < rois[k, 4]
+                and rois[k, 2] <= dz < rois[k, 5]):
+            continue
+        ex = (dx - rois[k, 6]) * rois[k, 9]
+        ey = (dy - rois[k, 7]) * rois[k, 10]
+        ez = (dz - rois[k, 8]) * rois[k, 11]
+        if ex * ex + ey * ey + ez * ez > 1.0:
+            continue
+        out[k, S0] += wt
+        out[k, S1X] += wt * dx
+        out[k, S1Y] += wt * dy
+        out[k, S1Z] += wt * dz
+        out[k, S2XX] += wt * dx * dx
+        out[k, S2XY] += wt * dx * dy
+        out[k, S2XZ] += wt * dx * dz
+        out[k, S2YY] += wt * dy * dy
+        out[k, S2YZ] += wt * dy * dz
+        out[k, S2ZZ] += wt * dz * dz
+
+
 @njit(nogil=True, cache=True)
 def accumulate_frame(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
-                     scale, threshold, moments, hist):
-    """Add one frame into ``moments`` (10,) and ``hist`` (n_bins,) or (0,); returns S0 added."""
+                     scale, threshold, moments, hist, rois, roi_moments):
+    """Add one frame into ``moments`` (10,), ``hist`` (n_bins,) or (0,), and the q-ROI
+    moments ``roi_moments`` (n_rois, 10) of the ROIs in ``rois`` (n_rois, 12), both None
+    without ROIs; returns S0 added."""
     return _accumulate_one(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
-                           scale, threshold, moments, hist)
+                           scale, threshold, moments, hist, rois, roi_moments)
 
 
 @njit(nogil=True, cache=True)
 def accumulate_frames(frames, angle_index, point_index, scales, r0, c0, kf, mask, rots,
-                      offsets, edge0, inv_step, bins, threshold, moments, hist):
+                      offsets, edge0, inv_step, bins, threshold, moments, hist, rois,
+                      roi_moments):
     """Add a stack of frames (n, rows, cols).
 
-    ``moments`` is (n_angles, n_points, 10); ``hist`` is (n_points, n_bins) or (n_points, 0).
+    ``moments`` is (n_angles, n_points, 10); ``hist`` is (n_points, n_bins) or (n_points, 0);
+    ``roi_moments`` is (n_angles, n_points, n_rois, 10) for the ROI table ``rois`` (n_rois, 12);
+    both are None without ROIs.
     Frame f goes to rocking angle ``angle_index[f]`` and map pixel ``point_index[f]``.
     Returns the S0 added per frame.
     """
     added = np.zeros(frames.shape[0])
     for f in range(frames.shape[0]):
         a, p = angle_index[f], point_index[f]
-        added[f] = _accumulate_one(frames[f], r0, c0, kf, mask, rots[a], offsets[a], edge0,
-                                   inv_step, bins, scales[f], threshold, moments[a, p], hist[p])
+        if rois is None:
+            added[f] = _accumulate_one(frames[f], r0, c0, kf, mask, rots[a], offsets[a], edge0,
+                                       inv_step, bins, scales[f], threshold, moments[a, p],
+                                       hist[p], None, None)
+        else:
+            added[f] = _accumulate_one(frames[f], r0, c0, kf, mask, rots[a], offsets[a], edge0,
+                                       inv_step, bins, scales[f], threshold, moments[a, p],
+                                       hist[p], rois, roi_moments[a, p])
     return added
 
 

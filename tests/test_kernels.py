@@ -371,7 +371,7 @@ def test_accumulate_frame_direct(dtype):
     hist = np.zeros(grid.n_bins, dtype=np.float64)
     scale, threshold = 1.0 / 3.0, 1.0
     args = (frame, a["r0"], a["c0"], a["kf"], a["mask"], a["rot"], a["offset"], a["edge0"],
-            a["inv_step"], a["bins"], scale, threshold, moments, hist)
+            a["inv_step"], a["bins"], scale, threshold, moments, hist, None, None)
     added = kernels.accumulate_frame(*args)
     ref_m, ref_b, ref_h = reference(geometry, frame, angles, q_ref, grid, scale, threshold)
     assert added == pytest.approx(ref_m[0], rel=1e-12)
@@ -395,7 +395,7 @@ def test_accumulate_frame_direct_without_histogram():
     moments = np.zeros(kernels.N_MOMENTS)
     kernels.accumulate_frame(frame, a["r0"], a["c0"], a["kf"], a["mask"], a["rot"], a["offset"],
                              a["edge0"], a["inv_step"], a["bins"], 1.0, 0.0, moments,
-                             np.zeros(0, dtype=np.float32))
+                             np.zeros(0, dtype=np.float32), None, None)
     ref_m, ref_b, _ = reference(geometry, frame, angles, setup.q_ref, None)
     np.testing.assert_array_less(np.abs(moments - ref_m), 1e-10 * ref_b + 1e-300)
 
@@ -451,3 +451,102 @@ def test_count_hits_direct_adds_into_hits():
     q = setup.geometry.q(setup.scan.angles(2))[keep]
     np.testing.assert_array_equal(hits.reshape(BINS),
                                   2 * np.histogramdd(q, bins=bin_edges(setup.grid))[0])
+
+
+# ---- q-space ROI moments ------------------------------------------------------------------------
+def reference_roi_moments(geometry: Geometry, frame, angles, q_ref, rois, scale=1.0, threshold=0.0):
+    """(moments (n_rois, 10), bound (n_rois, 10)): the reference restricted to each ROI,
+    membership decided by ``QRoi.contains`` on the public ``Geometry.q``."""
+    r0, r1, c0, c1 = geometry.detector.roi_bounds
+    counts = np.asarray(frame, dtype=np.float64)[r0:r1, c0:c1]
+    excluded = (np.zeros(counts.shape, dtype=bool) if geometry.detector.mask is None
+                else np.asarray(geometry.detector.mask, dtype=bool)[r0:r1, c0:c1])
+    keep = (counts != 0) & (counts >= threshold) & ~excluded
+    q = geometry.q(angles)
+    out, bound = np.zeros((len(rois), 10)), np.zeros((len(rois), 10))
+    for k, roi in enumerate(rois):
+        inside = keep & roi.contains(q)
+        w, dq = counts[inside] * scale, q[inside] - np.asarray(q_ref)
+        dq2 = np.stack([dq[:, a] * dq[:, b] for a, b in S2_PAIRS], axis=1)
+        out[k] = np.concatenate([[w.sum()], w @ dq, w @ dq2])
+        bound[k] = np.concatenate([[np.abs(w).sum()], np.abs(w) @ np.abs(dq),
+                                   np.abs(w) @ np.abs(dq2)])
+    return out, bound
+
+
+def split_rois(setup: ScanSetup):
+    """Three ROIs over the scan's q range: a box on bin edges, an ellipsoid, and a box that
+    overlaps both (a pixel may count in several ROIs). No face passes through a pixel's q
+    (the extreme pixels sit on bin centres): there, membership would be a matter of rounding."""
+    from sxdm_stream.qroi import QRoi
+
+    g = setup.grid
+    edges = bin_edges(g)
+    lo, hi = np.array([e[0] for e in edges]), np.array([e[-1] for e in edges])
+    cut = np.array([edges[0][2], edges[1][3], edges[2][3]])
+    return (QRoi("low", tuple(lo), tuple(cut)),
+            QRoi("egg", tuple(lo + 0.2 * (hi - lo)), tuple(hi - 0.1 * (hi - lo)), "ellipsoid"),
+            QRoi("wide", tuple(lo + 0.13 * (hi - lo)), tuple(hi)))
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_roi_moments_match_reference(batch):
+    setup = make_setup(mask=make_mask(), threshold=1)
+    rois = split_rois(setup)
+    setup = make_setup(mask=make_mask(), threshold=1, q_rois=rois)
+    acc, expected = Accumulator(setup), Expected(setup)
+    frames = make_frames(8, np.float32, seed=30)
+    angles, points = assignments(8, seed=31)
+    monitors = np.random.default_rng(32).uniform(0.5, 2.0, 8)
+    if batch:
+        acc.add_frames(frames, angles, points, monitors=monitors)
+    else:
+        for frame, a, p, m in zip(frames, angles, points, monitors):
+            acc.add_frame(frame, int(a), int(p), monitor=float(m))
+    ref = np.zeros(acc.roi_moments.shape)
+    bound = np.zeros_like(ref)
+    for frame, a, p, m in zip(frames, angles, points, monitors):
+        expected.add(frame, a, p, monitor=m)
+        r, b = reference_roi_moments(setup.geometry, frame, setup.scan.angles(a), setup.q_ref,
+                                     rois, 1.0 / m, threshold=1)
+        ref[a, p] += r
+        bound[a, p] += b
+    err = np.abs(acc.roi_moments - ref) - 1e-10 * bound
+    worst = np.unravel_index(np.argmax(err), err.shape)
+    assert err[worst] <= 0, (worst, acc.roi_moments[worst], ref[worst], bound[worst])
+    assert_moments_match(acc.moments, expected)     # the ROIs change nothing else
+    s0 = ref[..., 0].sum(axis=(0, 1))
+    total = expected.moments[..., 0].sum()
+    # each ROI holds a real share of the counts, the overlapping ones count pixels twice
+    assert np.all(s0 > 0.05 * total) and np.all(s0 < total) and s0.sum() > total
+
+
+def test_roi_on_bin_edges_holds_exactly_its_bins_counts():
+    """Faces on bin edges, lower inclusive and upper exclusive as bins are: the ROI's S0 is the
+    sum of the histogram bins inside it."""
+    setup = make_setup(mask=make_mask())
+    low = split_rois(setup)[0]
+    setup = make_setup(mask=make_mask(), q_rois=(low,))
+    acc = Accumulator(setup)
+    frames = make_frames(6, np.uint16, seed=33)
+    angles, points = assignments(6, seed=34)
+    acc.add_frames(frames, angles, points)
+    hist = acc.histogram.reshape(-1, *BINS).astype(np.float64)
+    np.testing.assert_allclose(acc.roi_moments[..., 0, 0].sum(axis=0),
+                               hist[:, :2, :3, :3].sum(axis=(1, 2, 3)), rtol=1e-12)
+
+
+def test_kernel_with_empty_roi_table_equals_kernel_without_rois():
+    setup = make_setup(mask=make_mask())
+    a = kernel_arguments(setup.geometry, setup.scan.angles(1), setup.q_ref, setup.grid)
+    frame = make_frames(1, np.uint32, seed=35)[0]
+    results = []
+    for rois, roi_moments in ((None, None), (np.zeros((0, 12)), np.zeros((0, 10)))):
+        moments, hist = np.zeros(10), np.zeros(setup.grid.n_bins)
+        kernels.accumulate_frame(frame, a["r0"], a["c0"], a["kf"], a["mask"], a["rot"],
+                                 a["offset"], a["edge0"], a["inv_step"], a["bins"], 1.0, 0.0,
+                                 moments, hist, rois, roi_moments)
+        results.append((moments, hist))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    assert results[0][0][0] > 0
