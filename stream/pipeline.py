@@ -17,7 +17,7 @@ from typing import Mapping
 import numpy as np
 
 from .accumulate import Accumulator, ScanSetup
-from .errors import BadFrameError
+from .errors import BadFrameError, ConfigError
 from .maps import DEFAULT_MASK_FRACTION, MapSet, derive_maps
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,22 @@ class ScanProcessor:
             self._reported.add(reason)
             log.warning("rejected %s (further frames rejected for this reason are only counted)",
                         message)
+
+    def merge(self, other: "ScanProcessor") -> "ScanProcessor":
+        """Add ``other``'s frames (same scan, disjoint frames) into this processor, in place.
+
+        Sums add (:meth:`Accumulator.merge`), counters add; a frame both have is refused."""
+        both = self.included & other.included
+        if both.any():
+            raise ConfigError(f"cannot merge processors that both hold frames "
+                              f"{np.flatnonzero(both)[:5].tolist()}...")
+        self.accumulator.merge(other.accumulator)
+        self.included |= other.included
+        self.counters.received += other.counters.received
+        self.counters.processed += other.counters.processed
+        self.counters.rejected.update(other.counters.rejected)
+        self.angles_done = max(self.angles_done, other.angles_done)
+        return self
 
     @property
     def complete(self) -> bool:

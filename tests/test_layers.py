@@ -23,6 +23,7 @@ PURE = {"geometry", "kernels", "accumulate", "maps", "grid", "scan", "errors"}
 IO_PACKAGES = {"h5py", "zmq", "matplotlib", "PySide6", "PyQt5", "PyQt6", "pyqtgraph", "socket"}
 QT = {"PySide6", "PyQt5", "PyQt6", "pyqtgraph", "qtpy"}
 ZMQ_ALLOWED = {"sxdm_stream.dectris", "sxdm_stream.live", "sxdm_stream.publish",
+               "sxdm_stream.sender", "sxdm_stream.recorder",
                "sxdm_stream.simulators.sender"}
 
 

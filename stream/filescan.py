@@ -1,0 +1,202 @@
+"""A scan that a beamline already wrote to HDF5, read back frame by frame.
+
+The readers of beamline layouts (:mod:`sxdm_stream.id01`: an ESRF ID01 BLISS scan set;
+:mod:`sxdm_stream.xsocs_files`: an XSOCS master file) describe what they found as a
+:class:`FileScan`: the scan (map, rocking angles), the geometry (from the file's metadata,
+with the user's :class:`GeometryOverrides`), and one :class:`FileEntry` per rocking angle
+(where its frames are, the measured positions of every frame). Frames are then read in blocks
+by :class:`FrameReader`, one per thread. The acquisition order is the files' order: rocking
+angle, then map point, which :class:`sxdm_stream.scan.ScanDescription` maps to frame indices.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import h5py
+import numpy as np
+
+from .errors import ConfigError, IncompatibleFileError
+from .geometry import Detector, Geometry
+from .scan import ScanDescription
+
+
+@dataclass(frozen=True)
+class GeometryOverrides:
+    """Values given by the user that replace what a file says (None: keep the file's).
+
+    Units: eV, metres, pixels (row, col); ``roi`` is (row_start, row_stop, col_start,
+    col_stop); ``mask`` is boolean (rows, cols), True = excluded, and replaces the file's.
+    """
+
+    energy_ev: float | None = None
+    distance_m: float | None = None
+    pixel_size_m: float | None = None
+    beam_center: tuple[float, float] | None = None
+    roi: tuple[int, int, int, int] | None = None
+    mask: np.ndarray | None = field(default=None, repr=False)
+
+    def apply(self, geometry: Geometry) -> Geometry:
+        """``geometry`` with these values in place of its own."""
+        det = geometry.detector
+        changes = {k: v for k, v in (("distance_m", self.distance_m),
+                                     ("pixel_size_m", self.pixel_size_m),
+                                     ("beam_center", self.beam_center), ("roi", self.roi),
+                                     ("mask", self.mask)) if v is not None}
+        if "beam_center" in changes:
+            changes["beam_center"] = tuple(float(v) for v in changes["beam_center"])
+        if "roi" in changes:
+            changes["roi"] = tuple(int(v) for v in changes["roi"])
+        if "mask" in changes:
+            changes["mask"] = np.asarray(changes["mask"], dtype=bool)
+        detector = replace(det, **changes) if changes else det
+        energy = self.energy_ev if self.energy_ev is not None else geometry.energy_ev
+        return Geometry(detector, energy, geometry.diffractometer)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """The frames of one rocking angle: ``dataset`` in ``path`` (n_points, rows, cols), and
+    the measured positions of every frame (micrometres), by motor name."""
+
+    name: str
+    path: Path
+    dataset: str
+    positions: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class FileScan:
+    """A scan read from files: what the processor needs, and where the frames are.
+
+    ``frame_period_s`` is the time between frames at acquisition (None if the file does not
+    say); ``kind`` names the layout ("id01", "xsocs").
+    """
+
+    path: Path
+    kind: str
+    scan: ScanDescription
+    geometry: Geometry
+    entries: tuple[FileEntry, ...]
+    image_dtype: str = "uint32"
+    frame_period_s: float | None = None
+
+    def positions(self, frame_index: int) -> dict[str, float]:
+        """Measured positions of a frame (map motors) and its rocking angle."""
+        scan = self.scan
+        angle, point = divmod(frame_index // scan.frames_per_point, scan.n_points)
+        entry = self.entries[angle]
+        found = {m: float(entry.positions[m][point]) for m in scan.motors if m in entry.positions}
+        if len(found) < 2:                       # no measured positions: the nominal grid
+            row, col = divmod(point, scan.shape[1])
+            found = {scan.motors[0]: float(scan.axis_um(0)[row]),
+                     scan.motors[1]: float(scan.axis_um(1)[col])}
+        found[scan.rocking_axis] = scan.rocking_angles[angle]
+        return found
+
+    def open(self) -> "FrameReader":
+        return FrameReader(self)
+
+
+class FrameReader:
+    """Reads the frames of a :class:`FileScan` (one reader per thread)."""
+
+    def __init__(self, file_scan: FileScan) -> None:
+        self.file_scan = file_scan
+        self._files: dict[Path, h5py.File] = {}
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    def __enter__(self) -> "FrameReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def read(self, angle_index: int, start: int, stop: int) -> np.ndarray:
+        """Frames ``start`` to ``stop`` (map points) of rocking angle ``angle_index``."""
+        entry = self.file_scan.entries[angle_index]
+        dataset = self._dataset(entry)
+        try:
+            return dataset[start:stop]
+        except (OSError, RuntimeError) as exc:  # a missing external or virtual source file
+            raise IncompatibleFileError(
+                f"cannot read frames {start}..{stop} of {entry.path}:{entry.dataset}: {exc}"
+            ) from None
+
+    def blocks(self, block_size: int = 64) -> Iterator[tuple[int, np.ndarray]]:
+        """(first frame index, frames) in acquisition order."""
+        scan = self.file_scan.scan
+        for angle in range(scan.n_angles):
+            for start in range(0, scan.n_points, block_size):
+                stop = min(start + block_size, scan.n_points)
+                yield angle * scan.n_points + start, self.read(angle, start, stop)
+
+    def _dataset(self, entry: FileEntry) -> h5py.Dataset:
+        f = self._files.get(entry.path)
+        if f is None:
+            f = self._files[entry.path] = open_hdf5(entry.path)
+        return f[entry.dataset]
+
+
+def open_hdf5(path: str | os.PathLike) -> h5py.File:
+    """Open an HDF5 file for reading; IncompatibleFileError if it is not one."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise IncompatibleFileError(f"cannot open {path} as HDF5: {exc}") from None
+
+
+def require(group: h5py.Group, name: str, what: str) -> h5py.Dataset | h5py.Group:
+    """``group[name]``, or IncompatibleFileError saying what is missing and where."""
+    try:
+        node = group.get(name)
+    except (KeyError, OSError) as exc:        # a dangling external link
+        raise IncompatibleFileError(f"{group.file.filename}:{group.name}/{name} ({what}) "
+                                    f"cannot be opened: {exc}") from None
+    if node is None:
+        raise IncompatibleFileError(f"{group.file.filename} lacks {group.name}/{name} ({what})")
+    return node
+
+
+def scalar(group: h5py.Group, name: str, what: str) -> float:
+    """A number stored at ``group[name]`` (a scalar, or the first value of an array)."""
+    value = np.asarray(require(group, name, what)[()])
+    try:
+        return float(value.reshape(-1)[0])
+    except (IndexError, ValueError, TypeError):
+        raise IncompatibleFileError(f"{group.file.filename}:{group.name}/{name} ({what}) is "
+                                    f"not a number: {value!r:.60}") from None
+
+
+def text(group: h5py.Group, name: str, default: str = "") -> str:
+    node = group.get(name)
+    if node is None:
+        return default
+    value = node[()]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def check_overrides(overrides: GeometryOverrides | None) -> GeometryOverrides:
+    overrides = overrides or GeometryOverrides()
+    for name in ("energy_ev", "distance_m", "pixel_size_m"):
+        value = getattr(overrides, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    return overrides
+
+
+def detector_from_file(shape, pixel_size_m: float, distance_m: float, beam_center, mask,
+                       name: str) -> Detector:
+    """A :class:`Detector` from file values, with a clear error if they make no sense."""
+    try:
+        return Detector(tuple(int(v) for v in shape), float(pixel_size_m), float(distance_m),
+                        tuple(float(v) for v in beam_center), mask=mask, name=name)
+    except ConfigError as exc:
+        raise IncompatibleFileError(f"the detector calibration in the file is unusable: {exc}") from None
