@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="listen to bluesky documents at a 0MQ proxy's out-port, e.g. localhost:5578")
     proc.add_argument("--bluesky-serializer", choices=["msgpack", "pickle"], default="msgpack",
                       help="document serializer (pickle only for a trusted proxy)")
+    proc.add_argument("--bluesky-publish", metavar="HOST:PORT",
+                      help="emit each finished map as a derived bluesky run (prefix 'sxdm-maps') "
+                           "to a 0MQ proxy's in-port, e.g. localhost:5577")
     proc.add_argument("--serve", help="REP endpoint answering pixel requests (q histogram), "
                                       "e.g. tcp://127.0.0.1:5561")
     proc.add_argument("--out", type=Path, required=True, help="results file (NeXus HDF5)")
@@ -156,6 +159,11 @@ def run_process(args: argparse.Namespace) -> int:
     log.info("receiving from %s%s", ", ".join(args.connect + ([f"bluesky {args.bluesky}"]
                                                                if args.bluesky else [])),
              f", publishing snapshots on {processor.publish_endpoint}" if args.publish else "")
+    derived = None
+    if args.bluesky_publish:
+        from .plugins.bluesky.derived import DerivedRunPublisher
+        derived = DerivedRunPublisher(args.bluesky_publish, serializer=args.bluesky_serializer)
+        processor.on_result(derived)
     processor.start()
     bluesky = _start_bluesky(args, processor, override_) if args.bluesky else None
     try:
@@ -168,6 +176,8 @@ def run_process(args: argparse.Namespace) -> int:
             bluesky[0].set()
             bluesky[1].join(30)
         processor.stop()
+        if derived is not None:
+            derived.close()
     log.info("%s", format_status(processor.status()))
     for r in processor.results:
         log.info("series %s: %s -> %s", r.series_id, "complete" if r.complete else "incomplete", r.path)

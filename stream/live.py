@@ -96,11 +96,16 @@ class ScanOverride:
 
 @dataclass
 class SeriesResult:
+    """The final maps of one series, with what identifies it."""
+
     series_id: int
     series_unique_id: str | None
     path: Path | None
     maps: MapSet
     complete: bool
+    scan: ScanDescription | None = None
+    correlation_id: str | None = None
+    frames: dict = field(default_factory=dict)   # received, processed, rejected, dropped
 
 
 class ReceiverCounters:
@@ -177,6 +182,7 @@ class LiveProcessor:
         self._held = HeldFrames(self.settings.hold_frames)
         self._end_pending: float | None = None  # when the detector ended a series still joining
         self.placed_by_index = 0
+        self._result_callbacks: list = []
         if resume:
             self._resume()
 
@@ -203,6 +209,11 @@ class LiveProcessor:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until ``max_series`` series are complete (True) or the timeout passes."""
         return self._done.wait(timeout)
+
+    def on_result(self, callback) -> None:
+        """Call ``callback(result: SeriesResult)`` when a series' final maps are written
+        (on the writer thread; keep it short). Errors it raises are logged, not raised."""
+        self._result_callbacks.append(callback)
 
     def __enter__(self) -> "LiveProcessor":
         return self.start()
@@ -573,9 +584,17 @@ class LiveProcessor:
             write_checkpoint(ckpt, p, series.series_id, series.series_unique_id)
 
     def _record_result(self, job: dict) -> None:
-        p = job["processor"]
-        self.results.append(SeriesResult(job["series"].series_id, job["series"].series_unique_id,
-                                         job["path"], p.maps(), job["complete"]))
+        p, series = job["processor"], job["series"]
+        frames = {"received": p.counters.received, "processed": p.counters.processed,
+                  "rejected": p.counters.n_rejected, "dropped": job["stats"]["dropped"]}
+        result = SeriesResult(series.series_id, series.series_unique_id, job["path"], p.maps(),
+                              job["complete"], p.setup.scan, correlation_id_of(series.sxdm), frames)
+        self.results.append(result)
+        for callback in self._result_callbacks:
+            try:
+                callback(result)
+            except Exception:                      # a sink's bug must not stop the processor
+                log.exception("result callback %r failed for series %s", callback, series.series_id)
         if job["complete"] and self.max_series is not None and \
                 sum(r.complete for r in self.results) >= self.max_series:
             self._stop.set()

@@ -113,3 +113,95 @@ def test_listener_stops_before_it_runs():
     listener = RemoteListener(f"127.0.0.1:{free_port()}", live)
     listener.stop()
     listener.run()                      # returns at once
+
+
+class _Ignore:
+    """A processor for a listener that only collects documents through ``subscribe``."""
+
+    def submit(self, message):
+        raise AssertionError(f"no SXDM run expected here, got {message}")
+
+
+def test_process_cli_joins_detector_and_bluesky_and_emits_a_derived_run(
+        proxy, small_scenario, small_processed, tmp_path):
+    """``sxdm-stream process --connect DETECTOR --bluesky PROXY_OUT --bluesky-publish PROXY_IN``
+    as its own process: a streaming detector sends the frames, the RunEngine (through the real
+    proxy) the scan and the positions; the maps are written, match the ground truth, and come
+    back through the proxy as a derived run under the prefix ``sxdm-maps``."""
+    import numpy as np
+
+    from sxdm_stream.hdf5 import read_maps
+    from sxdm_stream.plugins.bluesky import StreamingSxdmDetector
+    from sxdm_stream.sender import StreamSender
+
+    in_port, out_port = proxy
+    sender = StreamSender("tcp://127.0.0.1:*")
+    out = tmp_path / "maps.h5"
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "sxdm_stream.cli", "process", "--connect", sender.endpoint,
+         "--bluesky", f"127.0.0.1:{out_port}", "--bluesky-publish", f"127.0.0.1:{in_port}",
+         "--out", str(out), "--series", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log_lines: list[str] = []
+    reader = threading.Thread(target=lambda: log_lines.extend(cli.stderr), name="test-cli-log")
+    reader.start()
+    derived_docs = []
+    listener = RemoteListener(f"127.0.0.1:{out_port}", _Ignore(), prefix=b"sxdm-maps")
+    listener.subscribe(lambda name, doc: derived_docs.append((name, doc)))
+    thread = threading.Thread(target=listener.run, name="test-derived")
+    thread.start()
+    publisher = Publisher(f"127.0.0.1:{in_port}", serializer=msgpack_dumps)
+    probe_derived = Publisher(f"127.0.0.1:{in_port}", prefix=b"sxdm-maps", serializer=msgpack_dumps)
+    loop = asyncio.new_event_loop()
+    RE = RunEngine({}, loop=loop, context_managers=[])
+    try:
+        wait_until_connected(probe_derived, listener)
+        deadline = time.monotonic() + 60           # the CLI's dispatcher has joined the proxy
+        while not any("not an SXDM scan" in line for line in log_lines):
+            assert cli.poll() is None and time.monotonic() < deadline, "".join(log_lines)
+            publisher("start", {"uid": f"probe-{uuid.uuid4().hex}", "time": time.time()})
+            time.sleep(0.2)
+        RE.subscribe(publisher)
+        scan = small_scenario.scan
+        devices = sim_sxdm_devices(small_scenario)
+        eiger = StreamingSxdmDetector(small_scenario, devices.motors, sender, name="eiger")
+        (r0, r1), (c0, c1) = scan.extents_um
+        RE(sxdm_map([eiger], devices.piy, r0, r1, scan.shape[0], devices.pix, c0, c1,
+                    scan.shape[1], devices.eta, scan.rocking_angles,
+                    geometry=small_scenario.geometry, fixed_angles=scan.fixed_angles))
+        assert cli.wait(120) == 0, "".join(log_lines)
+        deadline = time.monotonic() + 20
+        while not any(name == "stop" for name, _ in derived_docs):
+            assert time.monotonic() < deadline, derived_docs
+            time.sleep(0.05)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+        cli.wait(30)
+        reader.join(10)
+        cli.stderr.close()
+        listener.stop()
+        thread.join(10)
+        publisher.close()
+        probe_derived.close()
+        sender.close()
+        loop.call_soon_threadsafe(loop.stop)
+        RE._th.join(10)
+        loop.close()
+    maps = read_maps(out)
+    reference = small_processed.maps()               # in process, every frame in its place
+    np.testing.assert_array_equal(maps["intensity"], reference.intensity)
+    np.testing.assert_allclose(maps["strain"], reference.strain, rtol=1e-9, atol=1e-6,
+                               equal_nan=True)
+    report = accuracy_report(reference, small_scenario.simulator.truth())
+    assert report["strain_rms_error"] <= 2 * report["strain_limit"], report
+    names = [name for name, doc in derived_docs if not doc.get("uid", "").startswith("probe-")]
+    assert names == ["start", "descriptor", "event", "stop"], names
+    docs = dict((name, doc) for name, doc in derived_docs if name != "start" or "sxdm_maps" in doc)
+    assert docs["start"]["plan_name"] == "sxdm_stream_maps"
+    assert docs["start"]["sxdm_maps"]["complete"] and docs["stop"]["exit_status"] == "success"
+    assert docs["start"]["sxdm_maps"]["frames"]["processed"] == scan.n_frames
+    assert docs["descriptor"]["data_keys"]["strain"]["units"] == "microstrain"
+    np.testing.assert_allclose(np.asarray(docs["event"]["data"]["strain"]), maps["strain"],
+                               rtol=1e-12, equal_nan=True)
+    assert any("joined to run" in line for line in log_lines)
