@@ -243,3 +243,16 @@ def test_detector_stream_joined_to_bluesky_positions(run_engine, small_scenario)
     assert not callback.rejected
     assert live.results[0].series_unique_id != uid          # the detector's own series
     assert_accurate(maps, small_scenario)
+
+
+def test_entry_points_let_bluesky_users_discover_the_plugin():
+    from importlib.metadata import entry_points
+
+    import sxdm_stream.plugins.bluesky as plugin
+    from sxdm_stream.plugins.bluesky.derived import DerivedRunPublisher
+
+    found = {ep.name: ep.load() for ep in entry_points(group="sxdm_stream.bluesky")}
+    assert found["sxdm_map"] is plugin.sxdm_map and found["SxdmCallback"] is plugin.SxdmCallback
+    assert found["StreamingSxdmDetector"] is plugin.StreamingSxdmDetector
+    assert found["DerivedRunPublisher"] is DerivedRunPublisher
+    assert {"sxdm_map_until_peak", "sim_sxdm_devices", "LiveFeedback", "listen"} <= set(found)
