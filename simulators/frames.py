@@ -2,9 +2,10 @@
 
 For map point m at rocking step k the expected counts of detector pixel p are::
 
-    lambda_p = A_m * G(q_p - Q_m; Sigma_m) * dV_p + background
+    lambda_p = sum_j A_mj * G(q_p - Q_mj; Sigma_mj) * dV_p + background
 
-with G the normalised 3D Gaussian of the Bragg peak, q_p the pixel's q at that rocking angle
+with G the normalised 3D Gaussian of the Bragg peak of particle j (overlapping particles add
+their peaks), q_p the pixel's q at that rocking angle
 (the processor's own geometry) and dV_p the reciprocal-space volume the pixel sweeps during
 one rocking step (|det dq/d(row, col, angle)|). Summed over the scan the expected counts of a
 point are then its integrated intensity A_m, and their centre of mass is Q_m: the moments the
@@ -40,7 +41,16 @@ class GroundTruth:
     intensity: np.ndarray   # expected integrated counts
     q: np.ndarray           # (rows, cols, 3) peak centre, 1/A (NaN off the particles)
     d_spacing: np.ndarray   # A
-    particle: np.ndarray    # particle index, -1 = substrate
+    particle: np.ndarray    # particle index, -1 = substrate (the last particle where several overlap)
+    #: (n_particles, rows, cols): each particle's own d (NaN off it) and expected counts
+    particle_d_spacing: np.ndarray | None = None
+    particle_intensity: np.ndarray | None = None
+
+    def particle_mean_d(self, index: int, mask: np.ndarray | None = None) -> float:
+        """Mean d (Angstrom) of particle ``index`` over its map pixels, or over ``mask`` & them."""
+        d = self.particle_d_spacing[index]
+        keep = np.isfinite(d) if mask is None else np.isfinite(d) & mask
+        return float(np.mean(d[keep]))
 
     def strain(self, mask: np.ndarray, d_ref: float | None = None) -> np.ndarray:
         """Microstrain against the mean d over ``mask`` (or ``d_ref``), as the maps define it."""
@@ -79,12 +89,13 @@ def _render_peak(out, kf, ki, rot, q0, precision, density, dvol, r_lo, r_hi, c_l
 
 
 @njit(nogil=True, cache=True)
-def _render_frame(out, seed, kf, ki, rot, q0, precision, density, dvol, box, phys_row,
+def _render_frame(out, seed, kf, ki, rot, q0s, precisions, densities, dvol, boxes, phys_row,
                   phys_col, bg_rate, hot, hot_rate, dead):
     np.random.seed(seed)
-    if density > 0.0:
-        _render_peak(out, kf, ki, rot, q0, precision, density, dvol, box[0], box[1], box[2],
-                     box[3], phys_row, phys_col)
+    for j in range(densities.shape[0]):     # one peak per particle at this map point
+        box = boxes[j]
+        _render_peak(out, kf, ki, rot, q0s[j], precisions[j], densities[j], dvol, box[0],
+                     box[1], box[2], box[3], phys_row, phys_col)
     rows, cols = out.shape
     n_bg = np.random.poisson(bg_rate * rows * cols)
     for _ in range(n_bg):  # photon by photon, through the sensor layout (gaps, big pixels)
@@ -119,7 +130,7 @@ class ScanSimulator:
         self.ki = self.geometry.ki
         self.rots = np.stack([self.geometry.sample_matrix(scan.angles(k)) for k in range(scan.n_angles)])
         self.dvol = self._pixel_volumes()
-        self._peaks: list[dict[str, np.ndarray]] = []
+        self._peaks: list[list[dict[str, np.ndarray]]] = []   # [angle][particle]
         for k in range(scan.n_angles):
             self._peaks.append(self._peaks_at_angle(k))
         # boxes are found from the detector position of the peak, which depends on the angle
@@ -148,15 +159,16 @@ class ScanSimulator:
         rows, cols = np.meshgrid(self.scan.axis_um(0), self.scan.axis_um(1), indexing="ij")
         return (rows + self.drift_um[k, 0]).ravel(), (cols + self.drift_um[k, 1]).ravel()
 
-    def _peaks_at_angle(self, k: int) -> dict[str, np.ndarray]:
+    def _peaks_at_angle(self, k: int) -> list[dict[str, np.ndarray]]:
         if k > 0 and not np.any(self.drift_um[k] != self.drift_um[k - 1]):
             return self._peaks[k - 1]
-        peaks = self.sample.peaks(*self._positions(k))
-        sig_r, sig_t = peaks["sigma_radial"], peaks["sigma_transverse"]
-        norm = (2 * np.pi) ** 1.5 * sig_r * sig_t * sig_t
-        peaks["density"] = peaks["intensity"] / norm
-        peaks["sigma_max"] = np.maximum(sig_r, sig_t)
-        return peaks
+        components = self.sample.components(*self._positions(k))
+        for peaks in components:
+            sig_r, sig_t = peaks["sigma_radial"], peaks["sigma_transverse"]
+            norm = (2 * np.pi) ** 1.5 * sig_r * sig_t * sig_t
+            peaks["density"] = peaks["intensity"] / norm
+            peaks["sigma_max"] = np.maximum(sig_r, sig_t)
+        return components
 
     def _box(self, k: int, q0: np.ndarray, sigma_max: float) -> np.ndarray:
         """Detector rows/cols (lo, hi, lo, hi) where the peak can give counts."""
@@ -185,16 +197,16 @@ class ScanSimulator:
         """The uint32 frame of one (rocking step, map point). ``out`` (zeroed) avoids allocation."""
         if out is None:
             out = np.zeros(self.geometry.detector.shape, dtype=np.uint32)
-        p = self._peaks[angle_index]
-        density = float(p["density"][point_index])
-        if density > 0:
-            q0 = p["q"][point_index]
-            box = self._box(angle_index, q0, float(p["sigma_max"][point_index]))
-            prec = np.ascontiguousarray(p["precision"][point_index])
-        else:
-            q0, box, prec = np.zeros(3), np.zeros(4, dtype=np.int64), np.eye(3)
+        here = [p for p in self._peaks[angle_index] if p["density"][point_index] > 0]
+        densities = np.array([p["density"][point_index] for p in here], dtype=np.float64)
+        q0s = np.array([p["q"][point_index] for p in here], dtype=np.float64).reshape(-1, 3)
+        precs = np.array([p["precision"][point_index] for p in here],
+                         dtype=np.float64).reshape(-1, 3, 3)
+        boxes = np.array([self._box(angle_index, p["q"][point_index],
+                                    float(p["sigma_max"][point_index])) for p in here],
+                         dtype=np.int64).reshape(-1, 4)
         _render_frame(out, self.frame_seed(angle_index, point_index), self.kf, self.ki,
-                      self.rots[angle_index], q0, prec, density, self.dvol, box,
+                      self.rots[angle_index], q0s, precs, densities, self.dvol, boxes,
                       self._phys_row, self._phys_col, self.background_rate, self._hot,
                       self.model.hot_rate, self._dead)
         return out
@@ -219,4 +231,7 @@ class ScanSimulator:
         rows, cols = np.meshgrid(self.scan.axis_um(0), self.scan.axis_um(1), indexing="ij")
         p = self.sample.peaks(rows, cols)
         q = np.where((p["particle"] >= 0)[..., None], p["q"], np.nan)
-        return GroundTruth(p["intensity"], q, p["d_spacing"], p["particle"])
+        components = self.sample.components(rows, cols)
+        return GroundTruth(p["intensity"], q, p["d_spacing"], p["particle"],
+                           np.stack([c["d_spacing"] for c in components]),
+                           np.stack([c["intensity"] for c in components]))

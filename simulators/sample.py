@@ -96,7 +96,11 @@ class Particle:
 
 @dataclass(frozen=True)
 class Sample:
-    """Particles on a substrate; footprints must not overlap.
+    """Particles on a substrate.
+
+    Footprints may overlap: particles stacked through the beam (at different depths, or one
+    on another) each diffract their own Bragg peak, and their counts add (:meth:`components`).
+    :meth:`peaks` describes one peak per position, that of the last particle there.
 
     ``plane_normal`` is the sample-frame direction of the lattice-plane normal of the measured
     reflection for an untilted particle (z: planes parallel to the surface, the symmetric case).
@@ -105,8 +109,31 @@ class Sample:
     particles: tuple[Particle, ...] = (Particle(),)
     plane_normal: tuple[float, float, float] = (0.0, 0.0, 1.0)
 
+    def components(self, rows_um: np.ndarray, cols_um: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """The peak of every particle at positions (any shape S), one dict per particle.
+
+        Each dict holds ``intensity`` S (integrated counts, 0 off the particle), ``q`` S+(3,)
+        (1/A), ``precision`` S+(3, 3) (inverse covariance of the Gaussian peak, 1/A^-2),
+        ``d_spacing`` S (NaN off the particle), ``sigma_radial`` and ``sigma_transverse`` S.
+        """
+        rows_um = np.asarray(rows_um, float)
+        normal = np.asarray(self.plane_normal, float)
+        out = []
+        for p in self.particles:
+            f = p.fields(rows_um, cols_um)
+            inside = f["intensity"] > 0
+            unit = tilted_normals(normal, np.stack([f["tilt_x"], f["tilt_y"]], -1))
+            q = (2 * np.pi / f["d_spacing"])[..., None] * unit
+            outer = unit[..., :, None] * unit[..., None, :]
+            precision = outer / p.sigma_radial ** 2 + (np.eye(3) - outer) / p.sigma_transverse ** 2
+            out.append({"intensity": f["intensity"], "q": q, "precision": precision,
+                        "d_spacing": np.where(inside, f["d_spacing"], np.nan),
+                        "sigma_radial": np.full(rows_um.shape, p.sigma_radial),
+                        "sigma_transverse": np.full(rows_um.shape, p.sigma_transverse)})
+        return out
+
     def peaks(self, rows_um: np.ndarray, cols_um: np.ndarray) -> dict[str, np.ndarray]:
-        """Peak parameters at positions (any shape S).
+        """Peak parameters at positions (any shape S): those of the last particle there.
 
         Returns ``intensity`` S (integrated counts, 0 off the particles), ``q`` S+(3,) (1/A),
         ``precision`` S+(3, 3) (inverse covariance of the Gaussian peak, 1/A^-2),
@@ -114,26 +141,17 @@ class Sample:
         """
         rows_um = np.asarray(rows_um, float)
         shape = rows_um.shape
-        intensity = np.zeros(shape)
-        d = np.full(shape, np.nan)
-        tilt = np.zeros(shape + (2,))
-        particle = np.full(shape, -1)
-        sig_r = np.ones(shape)
-        sig_t = np.ones(shape)
-        for index, p in enumerate(self.particles):
-            f = p.fields(rows_um, cols_um)
-            inside = f["intensity"] > 0
-            intensity[inside] = f["intensity"][inside]
-            d[inside] = f["d_spacing"][inside]
-            tilt[inside] = np.stack([f["tilt_x"], f["tilt_y"]], -1)[inside]
-            particle[inside] = index
-            sig_r[inside], sig_t[inside] = p.sigma_radial, p.sigma_transverse
-        unit = tilted_normals(np.asarray(self.plane_normal, float), tilt)
-        q = (2 * np.pi / np.where(np.isnan(d), 1.0, d))[..., None] * unit
-        outer = unit[..., :, None] * unit[..., None, :]
-        precision = outer / sig_r[..., None, None] ** 2 + (np.eye(3) - outer) / sig_t[..., None, None] ** 2
-        return {"intensity": intensity, "q": q, "precision": precision, "d_spacing": d,
-                "particle": particle, "sigma_radial": sig_r, "sigma_transverse": sig_t}
+        untilted = tilted_normals(np.asarray(self.plane_normal, float), np.zeros(shape + (2,)))
+        peaks = {"intensity": np.zeros(shape), "q": untilted * 2 * np.pi,
+                 "precision": np.broadcast_to(np.eye(3), shape + (3, 3)).copy(),
+                 "d_spacing": np.full(shape, np.nan), "particle": np.full(shape, -1),
+                 "sigma_radial": np.ones(shape), "sigma_transverse": np.ones(shape)}
+        for index, component in enumerate(self.components(rows_um, cols_um)):
+            inside = component["intensity"] > 0
+            for name, value in component.items():
+                peaks[name][inside] = value[inside]
+            peaks["particle"][inside] = index
+        return peaks
 
 
 def tilted_normals(normal: np.ndarray, tilt_deg: np.ndarray) -> np.ndarray:
