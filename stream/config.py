@@ -30,6 +30,16 @@ Example (every key optional)::
 
     [output]
     directory = "results"
+
+    [drift]                          # sample drift between rocking angles (sxdm_stream.drift)
+    mode = "off"                     # "off", "auto" (from the per-angle intensity maps), "given"
+    reference_angle = -1             # -1: the angle with the most intensity
+    shifts_um = []                   # mode "given": [[row, col], ...] um, one pair per angle
+    min_intensity_fraction = 0.05    # weaker angles take interpolated shifts
+    min_correlation = 0.5
+    outline_fraction = 0.003
+    smoothing_angles = 5             # local straight-line fit over this many angles; 1 = none
+    drop_incomplete = true
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .accumulate import AccumulationSettings
+from .drift import DriftSettings
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -81,11 +92,13 @@ class Config:
     accumulation: AccumulationSettings = field(default_factory=AccumulationSettings)
     maps: MapsConfig = field(default_factory=MapsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    drift: DriftSettings = field(default_factory=DriftSettings)
 
 
 _ALLOWED = {
     "simulation.detector": ("maxipix_2x2", "eiger2_500k"),
     "accumulation.histogram_dtype": ("float32", "float64"),
+    "drift.mode": ("off", "auto", "given"),
 }
 _POSITIVE = {"simulation.step_um", "simulation.n_angles", "simulation.counts",
              "accumulation.histogram_max_bins", "accumulation.histogram_budget_mib"}
@@ -146,6 +159,10 @@ def _field_value(full: str, value: Any, f: dataclasses.Field) -> Any:
         return _coerce(full, value, (0, 0, 0))
     if full == "accumulation.histogram_bounds":
         return _coerce(full, value, ((0.0,) * 3, (0.0,) * 3))
+    if full == "drift.shifts_um":
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{full} must be a list of [row, col] pairs, got {value!r}")
+        return tuple(_coerce(f"{full}[{i}]", v, (0.0, 0.0)) for i, v in enumerate(value))
     if full == "accumulation.q_ref":
         return _coerce(full, value, (0.0,) * 3)
     default = f.default if f.default is not dataclasses.MISSING else None
