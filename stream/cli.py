@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .cli_files import add_file_commands
 from .config import Config, load_config, load_scan_file, override
 from .errors import ConfigError, SxdmError
 
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument("--config", type=Path, help="TOML configuration file")
     _processing_args(proc)
     proc.set_defaults(run=run_process)
+
+    add_file_commands(sub)   # record, replay, process-file, export-xsocs
 
     sub.add_parser("view", add_help=False,
                    help="live viewer: maps of a processor (--connect) or of a results file "

@@ -153,6 +153,24 @@ def open_hdf5(path: str | os.PathLike) -> h5py.File:
         raise IncompatibleFileError(f"cannot open {path} as HDF5: {exc}") from None
 
 
+def check_virtual_sources(dataset: h5py.Dataset) -> None:
+    """Refuse a virtual dataset whose source files are missing.
+
+    HDF5 fills the frames of a missing source with zeros without a word: a scan set copied
+    without its ``scanNNNN/`` Lima files would be processed as empty frames.
+    """
+    if not dataset.is_virtual:
+        return
+    base = Path(dataset.file.filename).parent
+    missing = sorted({s.file_name for s in dataset.virtual_sources()
+                      if s.file_name != "." and not (base / s.file_name).exists()
+                      and not Path(s.file_name).exists()})
+    if missing:
+        raise IncompatibleFileError(f"{dataset.file.filename}:{dataset.name} is a virtual dataset "
+                                    f"over files that are missing: {missing[:3]}"
+                                    f"{' ...' if len(missing) > 3 else ''}")
+
+
 def require(group: h5py.Group, name: str, what: str) -> h5py.Dataset | h5py.Group:
     """``group[name]``, or IncompatibleFileError saying what is missing and where."""
     try:

@@ -26,7 +26,8 @@ import numpy as np
 
 from .errors import IncompatibleFileError
 from .filescan import (FileEntry, FileScan, GeometryOverrides, check_overrides,
-                       detector_from_file, open_hdf5, require, scalar, text)
+                       check_virtual_sources, detector_from_file, open_hdf5, require, scalar,
+                       text)
 from .geometry import HC_EV_ANGSTROM, Diffractometer, Geometry
 from .scan import ScanDescription
 
@@ -153,6 +154,7 @@ def _entry(path: Path, entry: h5py.Group, detector: str, shape, motors) -> FileE
         raise IncompatibleFileError(
             f"{path}:{frames.name} has shape {getattr(frames, 'shape', None)}, the scan's "
             f"technique/dim0, dim1 call for ({n_points}, rows, cols) flattened frames")
+    check_virtual_sources(frames)
     positions = {}
     for motor in motors:
         for name in (motor, f"{motor}_position"):

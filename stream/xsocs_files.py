@@ -26,7 +26,8 @@ import numpy as np
 
 from .errors import IncompatibleFileError
 from .filescan import (FileEntry, FileScan, GeometryOverrides, check_overrides,
-                       detector_from_file, open_hdf5, require, scalar, text)
+                       check_virtual_sources, detector_from_file, open_hdf5, require, scalar,
+                       text)
 from .geometry import Diffractometer, Geometry
 from .scan import ScanDescription
 
@@ -137,6 +138,7 @@ def _entry(path: Path, entry: h5py.Group, shape, motors) -> FileEntry:
         raise IncompatibleFileError(
             f"{path}:{entry.name}/measurement/image/data has shape "
             f"{getattr(frames, 'shape', None)}; scan/motor_*_steps call for {n_points} frames")
+    check_virtual_sources(frames)
     positions = {}
     for motor in motors:
         for name in (MOTOR_COUNTERS.get(motor), motor):
