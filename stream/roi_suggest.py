@@ -63,7 +63,7 @@ class QPeak:
 
 @dataclass(frozen=True)
 class RoiSuggestion:
-    """The peaks found, strongest first, each with its ROI."""
+    """The peaks found, highest (smoothed) maximum first, each with its ROI."""
 
     peaks: tuple[QPeak, ...]
     total_counts: float
