@@ -24,6 +24,12 @@ Example (every key optional)::
     histogram_dtype = "float32"
     histogram_budget_mib = 2048
 
+    [[accumulation.q_rois]]          # q-space ROIs, each with its own exact moments and maps
+    name = "peak0"                   # (sxdm_stream.roi_suggest.suggest_rois prints suggestions)
+    lo = [-0.005, -0.006, 1.3264]    # 1/Angstrom, sample frame
+    hi = [0.005, 0.007, 1.3311]
+    shape = "box"                    # or "ellipsoid" (inscribed in the box)
+
     [maps]
     mask_fraction = 0.2
     d_ref_a = 0                      # 0: the mean d over the mask
@@ -53,6 +59,7 @@ from typing import Any, Mapping
 from .accumulate import AccumulationSettings
 from .drift import DriftSettings
 from .errors import ConfigError
+from .qroi import QRoi
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -165,6 +172,14 @@ def _field_value(full: str, value: Any, f: dataclasses.Field) -> Any:
         return tuple(_coerce(f"{full}[{i}]", v, (0.0, 0.0)) for i, v in enumerate(value))
     if full == "accumulation.q_ref":
         return _coerce(full, value, (0.0,) * 3)
+    if full == "accumulation.q_rois":
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{full} must be a list of tables (name, lo, hi, shape)")
+        try:
+            return tuple(QRoi.from_description(dict(v) if isinstance(v, Mapping) else v)
+                         for v in value)
+        except ConfigError as exc:
+            raise ConfigError(f"{full}: {exc}") from None
     default = f.default if f.default is not dataclasses.MISSING else None
     if full == "accumulation.threshold":
         default = 0.0

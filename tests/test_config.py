@@ -54,3 +54,14 @@ def test_overrides_replace_only_given_values():
     assert c.accumulation.histogram_bins == (0, 0, 0)
     with pytest.raises(ConfigError, match="simulation.n_angles must be positive"):
         override(c, "simulation", n_angles=-1)
+
+
+def test_q_rois_from_toml_tables_and_errors_name_the_key(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[[accumulation.q_rois]]\nname = "peak0"\nlo = [-0.01, -0.01, 1.32]\n'
+                    'hi = [0.01, 0.01, 1.33]\nshape = "ellipsoid"\n')
+    (roi,) = load_config(path).accumulation.q_rois
+    assert (roi.name, roi.shape, roi.hi[2]) == ("peak0", "ellipsoid", 1.33)
+    path.write_text('[[accumulation.q_rois]]\nname = "p"\nlo = [0, 0, 1.4]\nhi = [1, 1, 1.3]\n')
+    with pytest.raises(ConfigError, match="accumulation.q_rois: .*must exceed lo"):
+        load_config(path)
