@@ -16,7 +16,8 @@ the rocking curve of every map pixel: tilt domains and bending light up differen
 particle at different angles (on the default simulated particle, cross-correlating the raw
 maps is off by up to 4 pixels with no drift at all). What does not change with the angle is
 the particle's outline. So every angle's map is clipped at ``outline_fraction`` of its own
-maximum (every lit domain becomes 1, the substrate 0) and these outlines are registered
+maximum (every lit domain becomes 1, the substrate 0), blurred by one pixel so that the
+correlation interpolates well between pixels, and these outlines are registered
 against the reference angle's by sub-pixel cross-correlation
 (:mod:`sxdm_stream.registration`). A sharp outline is digitised by the map grid, which leaves
 errors of a few hundredths of a pixel that vary from angle to angle; drift is slow, so the
@@ -41,6 +42,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 
 from .errors import ConfigError
 from .kernels import S0
@@ -50,6 +52,7 @@ from .registration import (correlation_shape, cross_correlation_shift, padded_sp
 from .scan import ScanDescription
 
 DRIFT_MODES = ("off", "auto", "given")
+_OUTLINE_BLUR_PX = 1.0
 
 
 @dataclass(frozen=True)
@@ -192,8 +195,12 @@ def estimate_drift(intensity_per_angle: np.ndarray, step_um: tuple[float, float]
 
 
 def _outline(intensity: np.ndarray, fraction: float) -> np.ndarray:
-    """The map clipped at ``fraction`` of its maximum: 1 wherever a domain is lit."""
-    return np.clip(intensity / (fraction * intensity.max()), 0.0, 1.0)
+    """The map clipped at ``fraction`` of its maximum (1 wherever a domain is lit), blurred by
+    ``_OUTLINE_BLUR_PX``: a clipped outline is nearly binary, and the correlation of binary
+    maps interpolates poorly between pixels (errors to 0.18 px on a noise-free 200 x 200
+    case, 0.13 px after the blur; RMS 0.047 -> 0.028 px)."""
+    clipped = np.clip(intensity / (fraction * intensity.max()), 0.0, 1.0)
+    return ndimage.gaussian_filter(clipped, _OUTLINE_BLUR_PX, mode="constant")
 
 
 def smooth_shifts(shifts: np.ndarray, confident: np.ndarray, width: int) -> np.ndarray:
@@ -261,7 +268,7 @@ def shift_moments(moments: np.ndarray, shifts_px: np.ndarray, shape: tuple[int, 
     ones = np.ones(shape)
     for k in range(n_angles):
         grid = moments[k].reshape(shape + (moments.shape[-1],))
-        corrected[k] = shift_bilinear(grid, shifts_px[k]).reshape(moments.shape[1:])
+        shift_bilinear(grid, shifts_px[k], out=corrected[k].reshape(grid.shape))
         if np.any(shifts_px[k]) and grid[..., S0].any():
             complete &= shift_bilinear(ones, shifts_px[k]) > 1.0 - 1e-9
     if drop_incomplete:

@@ -96,37 +96,38 @@ def cross_correlation_shift(reference_spectrum: np.ndarray, moving: np.ndarray,
     return -centre, correlation
 
 
-def _shifted_view(image: np.ndarray, di: int, dj: int) -> np.ndarray:
-    """``image(x + (di, dj))`` with zeros where that falls outside the map."""
-    out = np.zeros_like(image)
+def _add_shifted(out: np.ndarray, image: np.ndarray, di: int, dj: int, weight: float) -> None:
+    """``out(x) += weight * image(x + (di, dj))`` where that lies inside the map."""
     rows, cols = image.shape[:2]
     r0, r1 = max(0, -di), min(rows, rows - di)
     c0, c1 = max(0, -dj), min(cols, cols - dj)
     if r0 < r1 and c0 < c1:
-        out[r0:r1, c0:c1] = image[r0 + di:r1 + di, c0 + dj:c1 + dj]
-    return out
+        out[r0:r1, c0:c1] += weight * image[r0 + di:r1 + di, c0 + dj:c1 + dj]
 
 
-def shift_bilinear(image: np.ndarray, shift) -> np.ndarray:
+def shift_bilinear(image: np.ndarray, shift, out: np.ndarray | None = None) -> np.ndarray:
     """``image(x - shift)`` by bilinear interpolation, zero outside the map.
 
     Parameters
     ----------
     image : (rows, cols, ...) array; trailing axes (e.g. the 10 moments) move together.
     shift : (row, col) shift in map pixels.
+    out : optional float64 array of the same shape to write into (overwritten).
 
     Returns
     -------
-    The shifted array, same shape and dtype (float).
+    The shifted array (``out`` if given).
     """
     image = np.asarray(image, dtype=np.float64)
     source = -np.asarray(shift, dtype=np.float64)          # out(x) = in(x + source)
     base = np.floor(source).astype(int)
     frac = source - base
-    out = np.zeros_like(image)
+    if out is None:
+        out = np.zeros_like(image)
+    else:
+        out[...] = 0.0
     for di, wi in ((0, 1.0 - frac[0]), (1, frac[0])):
         for dj, wj in ((0, 1.0 - frac[1]), (1, frac[1])):
-            weight = wi * wj
-            if weight > 0:
-                out += weight * _shifted_view(image, base[0] + di, base[1] + dj)
+            if wi * wj > 0:
+                _add_shifted(out, image, base[0] + di, base[1] + dj, wi * wj)
     return out

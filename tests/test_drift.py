@@ -1,6 +1,7 @@
 """Drift between rocking angles: estimated from the per-angle intensity maps of a simulated
 drifting sample, applied to the per-angle moments, checked against the simulator's truth."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -74,6 +75,32 @@ def test_corrected_strain_meets_the_core_accuracy_and_uncorrected_does_not(drift
     assert corrected["strain_rms_error"] <= 2 * corrected["strain_limit"]
     assert corrected["strain_rms_error"] <= 10.0
     assert uncorrected["strain_rms_error"] > 2 * uncorrected["strain_limit"]
+
+
+def test_corrected_tilt_is_at_the_counting_limit_away_from_walls_and_rims(drifting_scan,
+                                                                         estimate, capsys):
+    """Within the drift (up to 2 pixels here) plus one pixel of interpolation of a tilt-domain
+    wall, a map pixel saw both domains at different angles, and near the particle's rim it
+    saw the particle at some angles only (a truncated rocking curve): there the tilt is a
+    blend, which no shift of the sums can undo. Elsewhere it is at the counting limit."""
+    setup, acc, sim = drifting_scan.setup, drifting_scan.processor.accumulator, \
+        drifting_scan.scenario.simulator
+    ref = estimate.reference_angle
+    maps = drift_corrected_maps(acc.moments, setup.q_ref, setup.scan.shape, estimate)
+    rows, cols = np.meshgrid(setup.scan.axis_um(0) + sim.drift_um[ref, 0],
+                             setup.scan.axis_um(1) + sim.drift_um[ref, 1], indexing="ij")
+    domain = sim.sample.particles[0].fields(rows, cols)["domain"]
+    near_wall = ndimage.maximum_filter(domain, size=7) != ndimage.minimum_filter(domain, size=7)
+    inner = ndimage.binary_erosion(maps.mask, iterations=3) & ~near_wall
+    truth = truth_at_angle(sim, ref)
+    inside = accuracy_report(dataclasses.replace(maps, mask=inner), truth)
+    everywhere = accuracy_report(maps, truth)
+    with capsys.disabled():
+        print(f"\ncorrected tilt RMS error: {inside['tilt_rms_error_deg']:.6f} deg over "
+              f"{inside['pixels']} pixels >= 3 px from domain walls and the rim (counting limit "
+              f"{inside['tilt_limit_deg']:.6f}); {everywhere['tilt_rms_error_deg']:.6f} over all")
+    assert inside["pixels"] > 100
+    assert inside["tilt_rms_error_deg"] <= 2 * inside["tilt_limit_deg"]
 
 
 def test_given_shifts_correct_the_maps_as_well(drifting_scan):
