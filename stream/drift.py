@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
+from threadpoolctl import threadpool_limits
 
 from .errors import ConfigError
 from .kernels import S0
@@ -185,8 +186,11 @@ def estimate_drift(intensity_per_angle: np.ndarray, step_um: tuple[float, float]
     corr_shape = correlation_shape(maps.shape[1:])
     spectrum = padded_spectrum(outlines[ref], corr_shape)
     norm = float(np.linalg.norm(outlines[ref]))
-    for k in np.flatnonzero(usable):
-        shifts[k], correlation[k] = cross_correlation_shift(spectrum, outlines[k], norm)
+    # the refinement's small matrix products run 10x slower on a busy machine when OpenBLAS
+    # spreads them over threads (measured: 2.4 s instead of 0.24 s for 200 x 200 x 100)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for k in np.flatnonzero(usable):
+            shifts[k], correlation[k] = cross_correlation_shift(spectrum, outlines[k], norm)
     confident = usable & (correlation >= s.min_correlation)
     confident[ref] = True
     shifts = smooth_shifts(shifts, confident, s.smoothing_angles)
