@@ -46,6 +46,12 @@ Example (every key optional)::
     outline_fraction = 0.003
     smoothing_angles = 5             # local straight-line fit over this many angles; 1 = none
     drop_incomplete = true
+
+    [particles]                      # per-particle table (sxdm_stream.particles)
+    min_pixels = 10                  # smallest particle, map pixels
+    connectivity = 1                 # 1: pixels sharing an edge; 2: corners too
+    domain_misorientation_deg = 0.01 # neighbours differing more are in different sub-domains
+    min_domain_pixels = 5
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ from typing import Any, Mapping
 
 from .accumulate import AccumulationSettings
 from .drift import DriftSettings
+from .particles import ParticleSettings
 from .errors import ConfigError
 from .qroi import QRoi
 
@@ -100,6 +107,7 @@ class Config:
     maps: MapsConfig = field(default_factory=MapsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     drift: DriftSettings = field(default_factory=DriftSettings)
+    particles: ParticleSettings = field(default_factory=ParticleSettings)
 
 
 _ALLOWED = {

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from sxdm_stream.config import config_from_dict
 from sxdm_stream.errors import ConfigError
 from sxdm_stream.particles import (PARTICLE_FIELDS, ParticleSettings, find_particles,
                                    format_particles, label_particles)
@@ -106,6 +107,10 @@ def test_table_prints_and_serialises(three_particles):
 
 
 def test_particle_settings_are_checked():
+    config = config_from_dict({"particles": {"min_pixels": 20, "domain_misorientation_deg": 0.02}})
+    assert config.particles == ParticleSettings(min_pixels=20, domain_misorientation_deg=0.02)
+    with pytest.raises(ConfigError, match="particles"):
+        config_from_dict({"particles": {"connectivity": 4}})
     with pytest.raises(ConfigError):
         ParticleSettings(connectivity=3)
     with pytest.raises(ConfigError):
