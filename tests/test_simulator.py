@@ -76,10 +76,11 @@ def test_drift_moves_the_sample_under_the_beam():
     still = default_scenario(shape=(20, 20), n_angles=5)
     drifting = default_scenario(shape=(20, 20), n_angles=5, drift_um_per_angle=(0.0, 0.2))
     col_um = still.scan.axis_um(1)
-    # at the last angle the sample sits 2 x 0.2 um further: point (r, c) sees (r, c + 0.4 um)
+    # at the last angle the sample sits 2 x 0.2 um further: point (r, c) sees (r, c + 0.4 um);
+    # _peaks[angle][particle]
     row, col = 10, 8
-    a = drifting.simulator._peaks[4]["intensity"].reshape(20, 20)[row, col]
-    b = still.simulator._peaks[4]["intensity"].reshape(20, 20)[row, col + int(round(0.4 / (col_um[1] - col_um[0])))]
+    a = drifting.simulator._peaks[4][0]["intensity"].reshape(20, 20)[row, col]
+    b = still.simulator._peaks[4][0]["intensity"].reshape(20, 20)[row, col + int(round(0.4 / (col_um[1] - col_um[0])))]
     assert a == pytest.approx(b)
     np.testing.assert_array_equal(drifting.simulator.truth().intensity, still.simulator.truth().intensity)
 
