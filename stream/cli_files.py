@@ -26,6 +26,8 @@ log = logging.getLogger("sxdm_stream")
 
 def add_file_commands(sub) -> None:
     """Add the record, replay, process-file and export-xsocs sub-commands to ``sub``."""
+    from .cli import _processing_args          # the same histogram flags as ``process``
+
     rec = sub.add_parser("record", help="record a detector stream to a file, as received")
     rec.add_argument("--connect", action="append", required=True,
                      help="detector stream endpoint, e.g. tcp://HOST:31001 (repeatable)")
@@ -53,9 +55,7 @@ def add_file_commands(sub) -> None:
     proc.add_argument("--export-xsocs", type=Path, metavar="QSPACE_H5",
                       help="also write the q-space histograms as an XSOCS qspace.h5")
     proc.add_argument("--config", type=Path, help="TOML configuration file")
-    proc.add_argument("--bins", type=int, nargs=3, metavar=("BX", "BY", "BZ"),
-                      help="q histogram bins (0 0 0: moments only)")
-    proc.add_argument("--budget-mib", type=float, help="memory budget of the q histograms")
+    _processing_args(proc)
     proc.set_defaults(run=run_process_file)
 
     exp = sub.add_parser("export-xsocs", help="write a results file's histograms as XSOCS qspace.h5")

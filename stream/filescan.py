@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -151,6 +151,36 @@ def open_hdf5(path: str | os.PathLike) -> h5py.File:
         return h5py.File(path, "r")
     except OSError as exc:
         raise IncompatibleFileError(f"cannot open {path} as HDF5: {exc}") from None
+
+
+def read_entry(path: Path, entry: h5py.Group, frames_name: str, n_points: int,
+               position_names: Mapping[str, Sequence[str]], shape_from: str) -> FileEntry:
+    """The :class:`FileEntry` of one rocking angle, checked.
+
+    Parameters
+    ----------
+    path : the file the entry was opened from.
+    entry : the entry's group; frames at ``measurement/<frames_name>``.
+    n_points : frames the map calls for.
+    position_names : per map motor, the measurement counters that may hold its positions.
+    shape_from : where the map shape was read (for the error message).
+    """
+    meas = require(entry, "measurement", "the measurement")
+    frames = require(meas, frames_name, f"the frames ({frames_name})")
+    if not isinstance(frames, h5py.Dataset) or frames.ndim != 3 or frames.shape[0] != n_points:
+        raise IncompatibleFileError(
+            f"{path}:{entry.name}/measurement/{frames_name} has shape "
+            f"{getattr(frames, 'shape', None)}; {shape_from} call for ({n_points}, rows, cols) "
+            "flattened frames")
+    check_virtual_sources(frames)
+    positions = {}
+    for motor, names in position_names.items():
+        for name in names:
+            if name in meas and meas[name].shape == (n_points,):
+                positions[motor] = meas[name][()].astype(float)
+                break
+    return FileEntry(entry.name.strip("/"), path, f"{entry.name}/measurement/{frames_name}",
+                     positions)
 
 
 def check_virtual_sources(dataset: h5py.Dataset) -> None:

@@ -26,8 +26,7 @@ import numpy as np
 
 from .errors import IncompatibleFileError
 from .filescan import (FileEntry, FileScan, GeometryOverrides, check_overrides,
-                       check_virtual_sources, detector_from_file, open_hdf5, require, scalar,
-                       text)
+                       detector_from_file, open_hdf5, read_entry, require, scalar, text)
 from .geometry import HC_EV_ANGSTROM, Diffractometer, Geometry
 from .scan import ScanDescription
 
@@ -147,21 +146,9 @@ def _rocking(angles: list[dict[str, float]], diffractometer: Diffractometer, pat
 
 
 def _entry(path: Path, entry: h5py.Group, detector: str, shape, motors) -> FileEntry:
-    meas = require(entry, "measurement", "the measurement")
-    frames = require(meas, detector, f"the frames of {detector}")
-    n_points = shape[0] * shape[1]
-    if not isinstance(frames, h5py.Dataset) or frames.ndim != 3 or frames.shape[0] != n_points:
-        raise IncompatibleFileError(
-            f"{path}:{frames.name} has shape {getattr(frames, 'shape', None)}, the scan's "
-            f"technique/dim0, dim1 call for ({n_points}, rows, cols) flattened frames")
-    check_virtual_sources(frames)
-    positions = {}
-    for motor in motors:
-        for name in (motor, f"{motor}_position"):
-            if name in meas and meas[name].shape == (n_points,):
-                positions[motor] = meas[name][()].astype(float)
-                break
-    return FileEntry(entry.name.strip("/"), path, f"{entry.name}/measurement/{detector}", positions)
+    names = {m: (m, f"{m}_position") for m in motors}      # newer, older BLISS counters
+    return read_entry(path, entry, detector, shape[0] * shape[1], names,
+                      "the scan's technique/dim0, dim1")
 
 
 def _detector(entry: h5py.Group, detector: str):

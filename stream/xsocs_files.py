@@ -26,8 +26,7 @@ import numpy as np
 
 from .errors import IncompatibleFileError
 from .filescan import (FileEntry, FileScan, GeometryOverrides, check_overrides,
-                       check_virtual_sources, detector_from_file, open_hdf5, require, scalar,
-                       text)
+                       detector_from_file, open_hdf5, read_entry, require, scalar, text)
 from .geometry import Diffractometer, Geometry
 from .scan import ScanDescription
 
@@ -131,22 +130,9 @@ def _angles(entry: h5py.Group, diffractometer: Diffractometer) -> dict[str, floa
 
 
 def _entry(path: Path, entry: h5py.Group, shape, motors) -> FileEntry:
-    meas = require(entry, "measurement", "the measurement")
-    frames = require(meas, "image/data", "the frames")
-    n_points = shape[0] * shape[1]
-    if not isinstance(frames, h5py.Dataset) or frames.ndim != 3 or frames.shape[0] != n_points:
-        raise IncompatibleFileError(
-            f"{path}:{entry.name}/measurement/image/data has shape "
-            f"{getattr(frames, 'shape', None)}; scan/motor_*_steps call for {n_points} frames")
-    check_virtual_sources(frames)
-    positions = {}
-    for motor in motors:
-        for name in (MOTOR_COUNTERS.get(motor), motor):
-            if name and name in meas and meas[name].shape == (n_points,):
-                positions[motor] = meas[name][()].astype(float)
-                break
-    return FileEntry(entry.name.strip("/"), path, f"{entry.name}/measurement/image/data",
-                     positions)
+    names = {m: tuple(n for n in (MOTOR_COUNTERS.get(m), m) if n) for m in motors}
+    return read_entry(path, entry, "image/data", shape[0] * shape[1], names,
+                      "scan/motor_*_steps")
 
 
 def _geometry(entry: h5py.Group, overrides: GeometryOverrides,

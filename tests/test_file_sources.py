@@ -131,7 +131,7 @@ def copy_without(src_master, dst, path_to_delete):
 
 
 @pytest.mark.parametrize("kind, missing, says", [
-    ("id01", "2.1/measurement/mpx1x4", "frames of mpx1x4"),
+    ("id01", "2.1/measurement/mpx1x4", "frames \\(mpx1x4\\)"),
     ("id01", "1.1/instrument/monochromator", "beam energy"),
     ("id01", "1.1/instrument/mpx1x4/distance", "detector distance"),
 ])
