@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "e.g. tcp://127.0.0.1:5561")
     proc.add_argument("--out", type=Path, required=True, help="results file (NeXus HDF5)")
     proc.add_argument("--publish", help="PUB endpoint for map snapshots, e.g. tcp://127.0.0.1:5560")
+    proc.add_argument("--operando", type=Path, metavar="SERIES.h5",
+                      help="operando time series: every completed map adds a record (summary, "
+                           "particles, electrochemistry) to this file; an existing one is continued")
     proc.add_argument("--scan-file", type=Path,
                       help="TOML/JSON with [scan] and [geometry], for streams that carry none")
     proc.add_argument("--resume", action="store_true", help="continue from the checkpoint of --out")
@@ -158,7 +161,7 @@ def run_process(args: argparse.Namespace) -> int:
         raise ConfigError("process needs a source: --connect tcp://HOST:31001 and/or --bluesky HOST:PORT")
     processor = LiveProcessor(args.connect, out=args.out, publish=args.publish, settings=settings,
                               override=override_, resume=args.resume, max_series=args.series,
-                              serve=args.serve)
+                              serve=args.serve, operando=args.operando)
     log.info("receiving from %s%s", ", ".join(args.connect + ([f"bluesky {args.bluesky}"]
                                                                if args.bluesky else [])),
              f", publishing snapshots on {processor.publish_endpoint}" if args.publish else "")

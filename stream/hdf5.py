@@ -74,23 +74,31 @@ def write_results(path, maps: MapSet, setup: ScanSetup, accumulator: Accumulator
     """
     _check_inputs(maps, setup, accumulator, hits)
     user_config = None if config is None else _to_json(config)
+    with atomic_h5(path) as f:
+        entry = _write_entry(f, setup.scan, extra_attrs or {})
+        _write_maps(entry, maps, setup.scan)
+        _write_instrument(entry, setup)
+        _write_process(entry, maps, setup, user_config)
+        if accumulator is not None:
+            _write_accumulator(entry, accumulator, hits)
+    logger.debug("wrote results %s", path)
+
+
+@contextlib.contextmanager
+def atomic_h5(path):
+    """An HDF5 file open for writing at ``path + ".tmp"``, moved over ``path`` when the block
+    ends without error (removed otherwise): readers see the old file or the new, never half."""
     path = os.fspath(path)
     tmp = path + ".tmp"
     try:
         with h5py.File(tmp, "w") as f:
-            entry = _write_entry(f, setup.scan, extra_attrs or {})
-            _write_maps(entry, maps, setup.scan)
-            _write_instrument(entry, setup)
-            _write_process(entry, maps, setup, user_config)
-            if accumulator is not None:
-                _write_accumulator(entry, accumulator, hits)
+            yield f
         _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
-    logger.debug("wrote results %s", path)
 
 
 def _check_inputs(maps: MapSet, setup: ScanSetup, accumulator, hits) -> None:

@@ -46,13 +46,16 @@ from .dectris import Decoder
 from .errors import BadMessageError, ConfigError, SxdmError
 from .geometry import Geometry, geometry_from_description
 from .hdf5 import write_results
-from .maps import DEFAULT_MASK_FRACTION, MapSet
 from .join import HeldFrames, PlanBook, correlation_id_of, describes_scan
+from .maps import DEFAULT_MASK_FRACTION, MapSet
 from .messages import ImageFrame, PlanEnd, PlanStart, PointPositions, SeriesEnd, SeriesStart
+from .operando import OperandoRecord, operando_channels, operando_record
+from .particles import ParticleSettings, find_particles
 from .pipeline import ScanProcessor
-from .publish import (SnapshotPublisher, decode_pixel_request, encode_pixel_error,
-                      encode_pixel_reply, encode_snapshot)
+from .publish import (SnapshotPublisher, decode_pixel_request, encode_operando_record,
+                      encode_pixel_error, encode_pixel_reply, encode_snapshot)
 from .scan import ScanDescription
+from .timeseries import OperandoSeriesFile
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,8 @@ class LiveSettings:
     checkpoints: bool = True
     hold_frames: int = 512
     join_timeout_s: float = 10.0
+    keep_results: int = 16
+    particles: ParticleSettings = field(default_factory=ParticleSettings)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -84,6 +89,8 @@ class LiveSettings:
             raise ConfigError("queue_size, snapshot_hz and hold_frames must be positive")
         if self.join_timeout_s < 0:
             raise ConfigError("join_timeout_s must not be negative")
+        if self.keep_results < 1:
+            raise ConfigError("keep_results must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -133,12 +140,19 @@ class LiveProcessor:
     max_series : stop by itself after this many completed series (None: run until stopped).
     serve : REP endpoint answering pixel requests (q histogram, rocking curve of one map
         pixel; see :mod:`sxdm_stream.publish`), None: no such service.
+    operando : time-series file (:mod:`sxdm_stream.timeseries`): every completed series adds
+        a record (summary, particles, electrochemistry), also published; an existing file is
+        continued. None: records are only published.
+
+    Only the last ``settings.keep_results`` results stay in :attr:`results`, so a processor
+    running for hundreds of scans keeps a flat memory.
     """
 
     def __init__(self, connect, out: str | Path | None = None, publish: str | None = None,
                  settings: LiveSettings | None = None, override: ScanOverride | None = None,
                  resume: bool = False, max_series: int | None = None,
-                 context: zmq.Context | None = None, serve: str | None = None) -> None:
+                 context: zmq.Context | None = None, serve: str | None = None,
+                 operando: str | Path | None = None) -> None:
         self.endpoints = [] if connect is None else [connect] if isinstance(connect, str) else list(connect)
         self.out = Path(out) if out is not None else None
         self.settings = settings or LiveSettings()
@@ -159,7 +173,12 @@ class LiveProcessor:
         self._done = threading.Event()
         self.receiver = ReceiverCounters()
         self.rejected: Counter = Counter()        # worker-side rejections outside a scan
-        self.results: list[SeriesResult] = []
+        self.results: collections.deque[SeriesResult] = collections.deque(
+            maxlen=self.settings.keep_results)
+        self._complete_count = 0
+        self.operando = OperandoSeriesFile(operando) if operando is not None else None
+        self.last_record: OperandoRecord | None = None
+        self._channels: dict = {}
         self.processor: ScanProcessor | None = None
         self.series: SeriesStart | None = None
         self._series_index = 0
@@ -362,13 +381,19 @@ class LiveProcessor:
             log.info("series %s waits for the run with correlation id %s to describe its scan",
                      start.series_id, correlation_id)
             return                                # images are held until the run starts
-        self._begin_series()
+        try:
+            self._begin_series()
+        except SxdmError:                         # no usable description: nothing is current
+            self.series, self._plan = None, None
+            raise
 
     def _begin_series(self) -> None:
         start, plan = self.series, self._plan
         setup = setup_for_series(start, self.settings.accumulation, self.override,
                                  plan.sxdm if plan is not None else None)
         self.processor = ScanProcessor(setup, self.settings.mask_fraction, self.settings.d_ref)
+        self._channels = {**operando_channels(plan.sxdm if plan is not None else None),
+                          **operando_channels(start.sxdm)}
         scan = setup.scan
         log.info("series %s (%s): %dx%d map, %d rocking angles, %d frames%s", start.series_id,
                  start.series_unique_id, *scan.shape, scan.n_angles, scan.n_frames,
@@ -435,7 +460,11 @@ class LiveProcessor:
             return
         self._plan = plan
         if self.processor is None:
-            self._begin_series()
+            try:
+                self._begin_series()
+            except SxdmError:                     # the run's description is unusable
+                self._finish_series(complete=False)
+                raise
             for image in self._held.release():
                 self._on_image(image)
 
@@ -478,6 +507,8 @@ class LiveProcessor:
             self._plans.discard(self._plan.correlation_id)
             self._plan = None
         self._snapshot(complete=complete)
+        if complete:
+            self._add_operando_record()
         self._schedule_write(complete=complete, last=True)
         self._processed_before += self.processor.counters.processed
         self.rejected.update(self.processor.counters.rejected)
@@ -487,8 +518,23 @@ class LiveProcessor:
             self._stop.set()
 
     def _completed(self) -> int:
-        return sum(1 for r in self.results if r.complete) + sum(
-            1 for job in list(self._writes.queue) if job is not None and job["complete"])
+        return self._complete_count + sum(
+            1 for job in list(self._writes.queue) if job is not None and job.get("last")
+            and job["complete"])
+
+    def _add_operando_record(self) -> None:
+        """The record of the series just completed: published now, written by the writer."""
+        series, maps = self.series, self.last_maps
+        particles = find_particles(maps, self.processor.setup.scan, self.settings.particles)
+        record = operando_record(maps, time.time(), series.series_id,
+                                 series_unique_id=series.series_unique_id,
+                                 correlation_id=correlation_id_of(series.sxdm),
+                                 channels=self._channels, particles=particles.records)
+        self.last_record = record
+        if self._publisher is not None:
+            self._publisher.send(encode_operando_record(record.to_json()))
+        if self.operando is not None:
+            self._writes.put({"operando": record})
 
     def _reject(self, reason: str, message: str) -> None:
         self.rejected[reason] += 1
@@ -517,6 +563,8 @@ class LiveProcessor:
             info = {"seq": self._snapshot_seq, "series_id": self.series.series_id,
                     "series_unique_id": self.series.series_unique_id, "complete": complete,
                     "scan": self.processor.setup.scan.describe(), "stats": self.status()}
+            if self._channels:
+                info["operando"] = {k: {"value": v, "units": u} for k, (v, u) in self._channels.items()}
             self._publisher.send(encode_snapshot(maps, info))
         now = time.perf_counter()
         self._latencies.extend(now - r for r in self._pending_received)
@@ -555,6 +603,9 @@ class LiveProcessor:
             job = self._writes.get()
             if job is None:
                 break
+            if "operando" in job:
+                self._append_operando(job["operando"])
+                continue
             try:
                 self._write(job)
             except (OSError, SxdmError) as exc:
@@ -583,6 +634,14 @@ class LiveProcessor:
         elif self.settings.checkpoints:
             write_checkpoint(ckpt, p, series.series_id, series.series_unique_id)
 
+    def _append_operando(self, record: OperandoRecord) -> None:
+        try:
+            self.operando.append(record)
+        except (OSError, SxdmError) as exc:
+            self.write_errors += 1
+            log.error("could not add series %s to the operando series %s: %s",
+                      record.series_id, self.operando.path, exc)
+
     def _record_result(self, job: dict) -> None:
         p, series = job["processor"], job["series"]
         frames = {"received": p.counters.received, "processed": p.counters.processed,
@@ -590,13 +649,14 @@ class LiveProcessor:
         result = SeriesResult(series.series_id, series.series_unique_id, job["path"], p.maps(),
                               job["complete"], p.setup.scan, correlation_id_of(series.sxdm), frames)
         self.results.append(result)
+        self._complete_count += int(result.complete)
         for callback in self._result_callbacks:
             try:
                 callback(result)
             except Exception:                      # a sink's bug must not stop the processor
                 log.exception("result callback %r failed for series %s", callback, series.series_id)
         if job["complete"] and self.max_series is not None and \
-                sum(r.complete for r in self.results) >= self.max_series:
+                self._complete_count >= self.max_series:
             self._stop.set()
 
     # ---- resume -------------------------------------------------------------------------------
@@ -638,6 +698,7 @@ class LiveProcessor:
             "series_id": self.series.series_id if self.series else None,
             "progress": (int(p.included.sum()), p.setup.scan.n_frames) if p else None,
             "held": len(self._held), "placed_by_index": self.placed_by_index,
+            "completed": self._complete_count,
         }
 
 

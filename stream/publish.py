@@ -12,6 +12,10 @@ Wire format (one multipart message)::
     part 2.. one raw C-order little-endian buffer per entry of "arrays", in that order
 
 Array names are those of :func:`sxdm_stream.maps.map_arrays` (the same as in results files).
+
+Operando records (one per completed map, :mod:`sxdm_stream.operando`) go out on the same
+socket as ``[b"sxdm.operando", JSON]`` with the record's ``to_json()`` object plus
+``"format": "sxdm.operando", "version": 1``.
 """
 
 from __future__ import annotations
@@ -94,6 +98,29 @@ def _array(spec: dict, buf: bytes) -> np.ndarray:
         raise BadMessageError(f"snapshot array {spec.get('name')!r}: {len(buf)} bytes for shape "
                               f"{shape} of {dtype}", "size_mismatch")
     return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+OPERANDO_TOPIC = b"sxdm.operando"
+OPERANDO_FORMAT = "sxdm.operando"
+
+
+def encode_operando_record(record: dict[str, Any]) -> list[bytes]:
+    """The message of one operando record (``OperandoRecord.to_json()``)."""
+    body = {"format": OPERANDO_FORMAT, "version": VERSION, **record}
+    return [OPERANDO_TOPIC, json.dumps(body, allow_nan=False).encode()]
+
+
+def decode_operando_record(parts: list[bytes]) -> dict[str, Any]:
+    """Parse an operando record message; BadMessageError if it is not one."""
+    if len(parts) != 2 or bytes(parts[0]) != OPERANDO_TOPIC:
+        raise BadMessageError("not an sxdm operando record (topic or part count)", "malformed")
+    try:
+        body = json.loads(bytes(parts[1]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadMessageError(f"operando record is not JSON: {exc}", "malformed") from None
+    if not isinstance(body, dict) or body.get("format") != OPERANDO_FORMAT:
+        raise BadMessageError("not an sxdm.operando object", "malformed")
+    return body
 
 
 class SnapshotPublisher:
