@@ -255,7 +255,8 @@ def shift_moments(moments: np.ndarray, shifts_px: np.ndarray, shape: tuple[int, 
 
     Parameters
     ----------
-    moments : (n_angles, n_points, 10) per-angle moments (``Accumulator.moments``).
+    moments : (n_angles, n_points, ..., 10) per-angle moments: ``Accumulator.moments``, or
+        ``Accumulator.roi_moments`` (n_angles, n_points, n_rois, 10), shifted alike.
     shifts_px : (n_angles, 2) shifts (:attr:`DriftEstimate.shifts_px`).
     shape : (rows, cols) of the map.
     drop_incomplete : empty the map pixels that would take data from outside the map at an
@@ -263,7 +264,7 @@ def shift_moments(moments: np.ndarray, shifts_px: np.ndarray, shape: tuple[int, 
 
     Returns
     -------
-    corrected : (n_angles, n_points, 10), a new array (the input is not changed).
+    corrected : same shape as ``moments``, a new array (the input is not changed).
     complete : (rows, cols) bool, map pixels whose corrected data all come from inside the map.
     """
     n_angles = len(moments)
@@ -271,7 +272,7 @@ def shift_moments(moments: np.ndarray, shifts_px: np.ndarray, shape: tuple[int, 
     complete = np.ones(shape, dtype=bool)
     ones = np.ones(shape)
     for k in range(n_angles):
-        grid = moments[k].reshape(shape + (moments.shape[-1],))
+        grid = moments[k].reshape(shape + moments.shape[2:])
         shift_bilinear(grid, shifts_px[k], out=corrected[k].reshape(grid.shape))
         if np.any(shifts_px[k]) and grid[..., S0].any():
             complete &= shift_bilinear(ones, shifts_px[k]) > 1.0 - 1e-9

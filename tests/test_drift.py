@@ -150,6 +150,10 @@ def test_shifting_moments_moves_counts_and_drops_pixels_that_lack_angles():
     assert not complete[0].any() and not complete[:, -1].any() and complete[5, 5]
     dropped, _ = shift_moments(moments, shifts, shape, drop_incomplete=True)
     assert not dropped[:, ~complete.ravel()].any()
+    # q-ROI moments (angles, points, rois, 10) move like the whole-detector moments
+    rois = np.stack([moments, 2.0 * moments], axis=2)
+    shifted_rois, _ = shift_moments(rois, shifts, shape, drop_incomplete=True)
+    np.testing.assert_allclose(shifted_rois[:, :, 1], 2.0 * dropped)
 
 
 def test_bilinear_shift_matches_scipy_and_registration_finds_sub_pixel_shifts():
