@@ -68,8 +68,7 @@ def run_demo(config: Config, live: bool = True, fmt: str = "cbor") -> DemoResult
 
 
 def _run_live(config: Config, scenario: Scenario, results: Path, fmt: str):
-    settings = LiveSettings(accumulation=config.accumulation, mask_fraction=config.maps.mask_fraction,
-                            d_ref=config.maps.d_ref_a or None)
+    settings = LiveSettings.from_config(config)
     # fail on a bad configuration here, before a detector process is started
     ScanSetup(scenario.geometry, scenario.scan, config.accumulation)
     with tempfile.TemporaryDirectory() as tmp:

@@ -155,8 +155,7 @@ def run_process(args: argparse.Namespace) -> int:
     if args.scan_file:
         scan, geometry = load_scan_file(args.scan_file)
         override_ = ScanOverride(scan, geometry)
-    settings = LiveSettings(accumulation=config.accumulation, mask_fraction=config.maps.mask_fraction,
-                            d_ref=config.maps.d_ref_a or None, policy=args.policy)
+    settings = LiveSettings.from_config(config, policy=args.policy)
     if not args.connect and not args.bluesky:
         raise ConfigError("process needs a source: --connect tcp://HOST:31001 and/or --bluesky HOST:PORT")
     processor = LiveProcessor(args.connect, out=args.out, publish=args.publish, settings=settings,

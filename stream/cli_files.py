@@ -168,8 +168,7 @@ def run_process_file(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     source = open_source(args.source, source_options(args))
     is_recording = isinstance(source, RecordingReader)
-    settings = LiveSettings(accumulation=config.accumulation, mask_fraction=config.maps.mask_fraction,
-                            d_ref=config.maps.d_ref_a or None, checkpoints=False)
+    settings = LiveSettings.from_config(config, checkpoints=False)
     bar = _progress_bar(source_length(source), "msg" if is_recording else "frame",
                         args.no_progress)
     try:

@@ -52,6 +52,9 @@ Example (every key optional)::
     connectivity = 1                 # 1: pixels sharing an edge; 2: corners too
     domain_misorientation_deg = 0.01 # neighbours differing more are in different sub-domains
     min_domain_pixels = 5
+
+    [fits]                           # Gaussian fits of each masked pixel's q projections
+    enabled = false                  # at the end of each scan, next to the exact COM
 """
 
 from __future__ import annotations
@@ -101,6 +104,14 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class FitsConfig:
+    """Gaussian fits of the histogram projections (:mod:`sxdm_stream.fits`); they need the
+    q histogram (``accumulation.histogram_bins`` not zero)."""
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     accumulation: AccumulationSettings = field(default_factory=AccumulationSettings)
@@ -108,6 +119,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     drift: DriftSettings = field(default_factory=DriftSettings)
     particles: ParticleSettings = field(default_factory=ParticleSettings)
+    fits: FitsConfig = field(default_factory=FitsConfig)
 
 
 _ALLOWED = {

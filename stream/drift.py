@@ -173,7 +173,7 @@ def estimate_drift(intensity_per_angle: np.ndarray, step_um: tuple[float, float]
     maps = np.asarray(intensity_per_angle, dtype=np.float64)
     n = len(maps)
     done = n if angles_done is None else int(np.clip(angles_done, 0, n))
-    totals = maps[:done].reshape(done, -1).sum(axis=1)
+    totals = maps[:done].sum(axis=(1, 2))
     ref = _reference_angle(totals, s.reference_angle)
     shifts = np.zeros((n, 2))
     correlation = np.full(n, np.nan)

@@ -13,6 +13,9 @@ Layout (``silx view`` and other NeXus tools follow the ``default`` attributes to
                                        scan, grid, q_ref, d_ref, mean_direction, ...
     /entry/accumulator        NXcollection  moments (angles, points, 10), frame_count
     /entry/qspace             NXdata   histogram (points, bx, by, bz) against qx, qy, qz; hits
+    /entry/drift, particles, particle_labels, q_rois/<roi>/<map>, roi_suggestion, fits/<map>
+                              what :func:`sxdm_stream.analysis.analyse` derived, when given
+                              (:mod:`sxdm_stream.hdf5_analysis`)
 
 A file is written to ``path + ".tmp"`` and moved over ``path`` with :func:`os.replace`, so a
 reader (a viewer polling the file during the scan) sees either the previous complete file or the
@@ -50,7 +53,8 @@ MAP_NAMES: tuple[str, ...] = tuple(MAP_FIELDS) + ("intensity_per_angle",)
 
 # ---- writing ------------------------------------------------------------------------------
 def write_results(path, maps: MapSet, setup: ScanSetup, accumulator: Accumulator | None = None,
-                  config: dict | None = None, hits=None, extra_attrs: dict | None = None) -> None:
+                  config: dict | None = None, hits=None, extra_attrs: dict | None = None,
+                  analysis=None) -> None:
     """Write (or atomically replace) the results file of one scan.
 
     Parameters
@@ -65,6 +69,8 @@ def write_results(path, maps: MapSet, setup: ScanSetup, accumulator: Accumulator
         beside the histogram (so only with an accumulator that keeps one).
     extra_attrs : attributes of ``/entry`` such as ``status="running"`` or the frames processed;
         dicts and lists are stored as JSON text.
+    analysis : a :class:`sxdm_stream.analysis.ScanAnalysis` whose ``maps`` are ``maps``: its
+        drift, particles, q-ROI maps, ROI suggestion and fits are written too.
 
     Raises
     ------
@@ -76,11 +82,14 @@ def write_results(path, maps: MapSet, setup: ScanSetup, accumulator: Accumulator
     user_config = None if config is None else _to_json(config)
     with atomic_h5(path) as f:
         entry = _write_entry(f, setup.scan, extra_attrs or {})
-        _write_maps(entry, maps, setup.scan)
+        write_map_groups(entry, maps, setup.scan)
         _write_instrument(entry, setup)
         _write_process(entry, maps, setup, user_config)
         if accumulator is not None:
             _write_accumulator(entry, accumulator, hits)
+        if analysis is not None:
+            from .hdf5_analysis import write_analysis
+            write_analysis(entry, analysis, setup.scan)
     logger.debug("wrote results %s", path)
 
 
@@ -155,15 +164,16 @@ def _now() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def _write_maps(entry: h5py.Group, maps: MapSet, scan: ScanDescription) -> None:
+def write_map_groups(entry: h5py.Group, maps: MapSet, scan: ScanDescription) -> None:
+    """One NXdata group per map of ``maps`` under ``entry`` (and intensity_per_angle)."""
     arrays = map_arrays(maps)
     for name, (units, title) in MAP_FIELDS.items():
         data = arrays[name].astype(np.uint8) if name == "mask" else arrays[name]
-        group = _create_nxdata(entry, name, data, units, title, scan)
+        group = create_map_nxdata(entry, name, data, units, title, scan)
         if name == "misorientation":
             # NeXus' value for a colour image; silx accepts a last dimension of 3 or 4
             group[name].attrs["interpretation"] = "rgba-image"
-    per_angle = _create_nxdata(entry, "intensity_per_angle", arrays["intensity_per_angle"],
+    per_angle = create_map_nxdata(entry, "intensity_per_angle", arrays["intensity_per_angle"],
                                MAP_FIELDS["intensity"][0], "intensity at each rocking angle", scan)
     per_angle.attrs["axes"] = ["rocking_angle", "y", "x"]
     per_angle.attrs.update(rocking_angle_indices=0, y_indices=1, x_indices=2)
@@ -172,8 +182,8 @@ def _write_maps(entry: h5py.Group, maps: MapSet, scan: ScanDescription) -> None:
     angle.attrs.update(units="degree", long_name=f"{scan.rocking_axis} (degree)")
 
 
-def _create_nxdata(parent: h5py.Group, name: str, data: np.ndarray, units: str, title: str,
-                   scan: ScanDescription) -> h5py.Group:
+def create_map_nxdata(parent: h5py.Group, name: str, data: np.ndarray, units: str, title: str,
+                      scan: ScanDescription) -> h5py.Group:
     """NXdata ``parent/name`` with signal ``name`` on the map axes y (rows) and x (cols), in um."""
     group = parent.create_group(name)
     group.attrs.update(NX_class="NXdata", signal=name, axes=["y", "x"], y_indices=0,
@@ -287,6 +297,10 @@ def _write_accumulator(entry: h5py.Group, acc: Accumulator, hits) -> None:
     moments.attrs["description"] = ("per rocking angle and map pixel: S0, S1 (x, y, z), "
                                     "S2 (xx, xy, xz, yy, yz, zz) of dq = q - q_ref")
     group.create_dataset("frame_count", data=acc.frame_count)
+    if setup.q_rois:
+        rois = group.create_dataset("roi_moments", data=acc.roi_moments)
+        rois.attrs["description"] = ("per rocking angle, map pixel and q-ROI (in the order of "
+                                     "the configuration's q_rois): the 10 moments")
     if setup.keep_histogram:
         _write_qspace(entry, acc, hits)
 
@@ -312,8 +326,9 @@ def _write_qspace(entry: h5py.Group, acc: Accumulator, hits) -> None:
 
 # ---- reading ------------------------------------------------------------------------------
 @contextlib.contextmanager
-def _open_results(path):
-    """Open a results file for reading; IncompatibleFileError unless sxdm-stream wrote it."""
+def open_results(path):
+    """Open a results file for reading (``with open_results(path) as f``);
+    IncompatibleFileError unless sxdm-stream wrote it."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no results file {path}")
@@ -334,12 +349,13 @@ def _open_results(path):
         yield f
 
 
-def read_maps(path) -> dict[str, np.ndarray]:
+def read_maps(path, group: str = "entry") -> dict[str, np.ndarray]:
     """The maps of a results file, by name (see :data:`MAP_NAMES` and :func:`map_arrays`).
 
     Parameters
     ----------
     path : str or os.PathLike, a file written by :func:`write_results`.
+    group : the group holding the maps: ``entry``, or a q-ROI's ``entry/q_rois/<name>``.
 
     Returns
     -------
@@ -350,8 +366,10 @@ def read_maps(path) -> dict[str, np.ndarray]:
     ------
     IncompatibleFileError : the file is not an sxdm-stream results file.
     """
-    with _open_results(path) as f:
-        entry = f["entry"]
+    with open_results(path) as f:
+        if group not in f:
+            raise IncompatibleFileError(f"{os.fspath(path)} has no group {group}")
+        entry = f[group]
         missing = [name for name in MAP_NAMES if name not in entry]
         if missing:
             raise IncompatibleFileError(f"{os.fspath(path)} lacks the maps {missing}")
@@ -362,7 +380,7 @@ def read_maps(path) -> dict[str, np.ndarray]:
 
 def read_configuration(path) -> dict:
     """The scan setup description (:meth:`ScanSetup.describe`) stored in a results file."""
-    with _open_results(path) as f:
+    with open_results(path) as f:
         return json.loads(f["entry/process/configuration"].asstr()[()])
 
 
@@ -384,13 +402,15 @@ def read_accumulator_state(path) -> dict:
     ------
     IncompatibleFileError : not an sxdm-stream file, or written without an accumulator.
     """
-    with _open_results(path) as f:
+    with open_results(path) as f:
         if "accumulator" not in f["entry"]:
             raise IncompatibleFileError(
                 f"{os.fspath(path)} holds maps only: it was written without an accumulator")
         group = f["entry/accumulator"]
         state = {"moments": group["moments"][()], "frame_count": group["frame_count"][()],
                  "fingerprint": str(group.attrs["fingerprint"])}
+        if "roi_moments" in group:
+            state["roi_moments"] = group["roi_moments"][()]
         n_points = state["moments"].shape[1]
         if group.attrs["keep_histogram"]:
             hist = f["entry/qspace/histogram"][()]

@@ -41,17 +41,20 @@ import numpy as np
 import zmq
 
 from .accumulate import AccumulationSettings, ScanSetup
+from .analysis import AnalysisSettings, ScanAnalysis, analyse
 from .checkpoint import checkpoint_path, read_checkpoint, write_checkpoint
 from .dectris import Decoder
+from .drift import DriftSettings, drift_for_scan, format_drift
 from .errors import BadMessageError, ConfigError, SxdmError
 from .geometry import Geometry, geometry_from_description
 from .hdf5 import write_results
 from .join import HeldFrames, PlanBook, correlation_id_of, describes_scan
-from .maps import DEFAULT_MASK_FRACTION, MapSet
+from .maps import DEFAULT_MASK_FRACTION, MapSet, map_arrays
 from .messages import ImageFrame, PlanEnd, PlanStart, PointPositions, SeriesEnd, SeriesStart
 from .operando import OperandoRecord, operando_channels, operando_record
-from .particles import ParticleSettings, find_particles
+from .particles import ParticleSettings, format_particles
 from .pipeline import ScanProcessor
+from .roi_suggest import format_roi_suggestion
 from .publish import (SnapshotPublisher, decode_pixel_request, encode_operando_record,
                       encode_pixel_error, encode_pixel_reply, encode_snapshot)
 from .scan import ScanDescription
@@ -81,6 +84,23 @@ class LiveSettings:
     join_timeout_s: float = 10.0
     keep_results: int = 16
     particles: ParticleSettings = field(default_factory=ParticleSettings)
+    drift: DriftSettings = field(default_factory=DriftSettings)
+    fits: bool = False
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> "LiveSettings":
+        """The settings a :class:`sxdm_stream.config.Config` asks for (accumulation, maps,
+        drift, particles, fits); ``overrides`` (policy, checkpoints...) win."""
+        values = dict(accumulation=config.accumulation, mask_fraction=config.maps.mask_fraction,
+                      d_ref=config.maps.d_ref_a or None, drift=config.drift,
+                      particles=config.particles, fits=config.fits.enabled)
+        return cls(**{**values, **overrides})
+
+    @property
+    def analysis(self) -> AnalysisSettings:
+        """What is derived from the sums at each snapshot and write."""
+        return AnalysisSettings(self.mask_fraction, self.d_ref, self.drift, self.particles,
+                                self.fits)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -113,6 +133,7 @@ class SeriesResult:
     scan: ScanDescription | None = None
     correlation_id: str | None = None
     frames: dict = field(default_factory=dict)   # received, processed, rejected, dropped
+    analysis: ScanAnalysis | None = None         # drift, particles, q-ROI maps, suggestion, fits
 
 
 class ReceiverCounters:
@@ -196,11 +217,14 @@ class LiveProcessor:
         self._first_image_s: float | None = None
         self._finished: tuple = (None, None)
         self.last_maps: MapSet | None = None
+        self.last_analysis: ScanAnalysis | None = None
+        self._drift_cache: tuple = (None, None)
         self._plans = PlanBook()
         self._plan = None                       # the control-system run joined to the series
         self._held = HeldFrames(self.settings.hold_frames)
         self._end_pending: float | None = None  # when the detector ended a series still joining
         self.placed_by_index = 0
+        self.snapshot_errors = 0
         self._result_callbacks: list = []
         if resume:
             self._resume()
@@ -290,7 +314,9 @@ class LiveProcessor:
                 self._frames.put(message, timeout=0.1)
                 return
             except queue.Full:
-                continue
+                if not any(t.name == "sxdm-worker" and t.is_alive() for t in self._threads):
+                    raise RuntimeError("the live processor's worker is not running "
+                                       "(not started, or stopped by an error: see the log)")
 
     # ---- worker thread ------------------------------------------------------------------------
     def _work_loop(self) -> None:
@@ -363,6 +389,12 @@ class LiveProcessor:
             reason = getattr(exc, "reason", "error")
             self.rejected[reason] += 1
             self._report(reason, str(exc), level=logging.ERROR)
+        except Exception:                         # a bug of ours: keep running, keep the sums
+            self.rejected["internal_error"] += 1
+            if "internal_error" not in self._reported:
+                self._reported.add("internal_error")
+                log.exception("internal error handling %s (counted under 'internal_error'; "
+                              "the processor goes on)", type(message).__name__)
 
     def _on_start(self, start: SeriesStart) -> None:
         if (self.processor is not None and self.series is not None
@@ -506,9 +538,14 @@ class LiveProcessor:
         if self._plan is not None:
             self._plans.discard(self._plan.correlation_id)
             self._plan = None
-        self._snapshot(complete=complete)
-        if complete:
-            self._add_operando_record()
+        try:
+            self._snapshot(complete=complete)
+        except Exception:                         # the sums are still written below
+            self.snapshot_errors += 1
+            log.exception("could not derive the final snapshot of series %s", self.series.series_id)
+        else:
+            if complete:
+                self._add_operando_record()
         self._schedule_write(complete=complete, last=True)
         self._processed_before += self.processor.counters.processed
         self.rejected.update(self.processor.counters.rejected)
@@ -524,8 +561,8 @@ class LiveProcessor:
 
     def _add_operando_record(self) -> None:
         """The record of the series just completed: published now, written by the writer."""
-        series, maps = self.series, self.last_maps
-        particles = find_particles(maps, self.processor.setup.scan, self.settings.particles)
+        series, maps = self.series, self.last_analysis.maps
+        particles = self.last_analysis.particles
         record = operando_record(maps, time.time(), series.series_id,
                                  series_unique_id=series.series_unique_id,
                                  correlation_id=correlation_id_of(series.sxdm),
@@ -551,27 +588,63 @@ class LiveProcessor:
             return
         interval = max(1.0 / self.settings.snapshot_hz, 5.0 * self._snapshot_cost)
         if time.perf_counter() - self._last_snapshot >= interval:
-            self._snapshot(complete=False)
+            try:
+                self._snapshot(complete=False)
+            except Exception:                     # a bug in the analysis must not stop the sums
+                self._last_snapshot = time.perf_counter()
+                self.snapshot_errors += 1
+                if self.snapshot_errors == 1:
+                    log.exception("could not derive a snapshot (the processor goes on; further "
+                                  "failures are only counted)")
 
     def _snapshot(self, complete: bool) -> None:
         if self.processor is None:
             return
         t0 = time.perf_counter()
-        maps = self.processor.maps()
+        p = self.processor
+        analysis = analyse(p.accumulator, self.settings.analysis,
+                           angles_done=None if complete else p.angles_done, final=complete,
+                           drift=self._drift_for(p, complete))
+        maps = analysis.maps
+        if complete:
+            self._log_analysis(analysis)
         if self._publisher is not None:
             self._snapshot_seq += 1
             info = {"seq": self._snapshot_seq, "series_id": self.series.series_id,
                     "series_unique_id": self.series.series_unique_id, "complete": complete,
-                    "scan": self.processor.setup.scan.describe(), "stats": self.status()}
+                    "scan": p.setup.scan.describe(), "stats": self.status(),
+                    **analysis_header(analysis)}
             if self._channels:
                 info["operando"] = {k: {"value": v, "units": u} for k, (v, u) in self._channels.items()}
-            self._publisher.send(encode_snapshot(maps, info))
+            self._publisher.send(encode_snapshot(maps, info, analysis_arrays(analysis)))
         now = time.perf_counter()
         self._latencies.extend(now - r for r in self._pending_received)
         self._pending_received.clear()
         self._last_snapshot = now
         self._snapshot_cost = now - t0
-        self.last_maps = maps
+        self.last_maps, self.last_analysis = maps, analysis
+
+    def _drift_for(self, p: ScanProcessor, complete: bool):
+        """The drift estimate, made once per finished rocking angle (it costs ~0.2 s on a
+        200x200 map of 100 angles), not at every snapshot."""
+        if self.settings.drift.mode != "auto" or not (complete or p.angles_done):
+            return None                           # off, or no rocking angle finished yet
+        key = (self._series_index, None if complete else p.angles_done)
+        if self._drift_cache[0] != key:
+            done = None if complete else p.angles_done
+            self._drift_cache = (key, drift_for_scan(p.accumulator.moments, p.setup.scan,
+                                                     self.settings.drift, done))
+        return self._drift_cache[1]
+
+    def _log_analysis(self, analysis: ScanAnalysis) -> None:
+        sid = self.series.series_id
+        if analysis.drift is not None:
+            log.info("series %s: %s", sid, format_drift(analysis.drift))
+        if len(analysis.particles):
+            log.info("series %s: %s", sid, format_particles(analysis.particles))
+        if analysis.roi_suggestion is not None and len(analysis.roi_suggestion.peaks) > 1:
+            log.info("series %s: several crystals diffract in q: %s", sid,
+                     format_roi_suggestion(analysis.roi_suggestion))
 
     # ---- writer thread ------------------------------------------------------------------------
     def _schedule_write(self, complete: bool, last: bool = False) -> None:
@@ -606,28 +679,44 @@ class LiveProcessor:
             if "operando" in job:
                 self._append_operando(job["operando"])
                 continue
+            analysis = None
             try:
-                self._write(job)
+                analysis = self._analyse(job)
+            except Exception:                     # a bug in the analysis: the maps still go out
+                self.write_errors += 1
+                log.exception("could not analyse series %s; writing its maps without drift, "
+                              "particles, q-ROIs or fits", job["series"].series_id)
+            try:
+                self._write(job, analysis)
             except (OSError, SxdmError) as exc:
                 self.write_errors += 1
                 log.error("could not write results: %s", exc)
             if job["last"]:
-                self._record_result(job)
+                self._record_result(job, analysis)
         self._done.set()
 
-    def _write(self, job: dict) -> None:
+    def _analyse(self, job: dict) -> ScanAnalysis | None:
+        if job["path"] is None and not job["last"]:
+            return None
+        p = job["processor"]
+        final = job["last"] and job["complete"]
+        return analyse(p.accumulator, self.settings.analysis,
+                       angles_done=None if final else p.angles_done, final=final)
+
+    def _write(self, job: dict, analysis: ScanAnalysis | None) -> None:
         path, p, series = job["path"], job["processor"], job["series"]
         if path is None:
             return
-        maps = p.maps()
         status = "complete" if job["complete"] else ("incomplete" if job["last"] else "running")
         stats = job["stats"]
         attrs = {"status": status, "series_id": series.series_id,
                  "series_unique_id": series.series_unique_id or "",
                  "frames_received": p.counters.received, "frames_processed": p.counters.processed,
                  "frames_rejected": p.counters.n_rejected, "frames_dropped": stats["dropped"]}
+        maps = analysis.maps if analysis is not None else p.maps()
         write_results(path, maps, p.setup, p.accumulator, extra_attrs=attrs,
-                      hits=p.setup.hits() if p.setup.keep_histogram and job["last"] else None)
+                      hits=p.setup.hits() if p.setup.keep_histogram and job["last"] else None,
+                      analysis=analysis)
         ckpt = checkpoint_path(path)
         if job["complete"]:
             ckpt.unlink(missing_ok=True)          # the results file now holds everything
@@ -642,12 +731,14 @@ class LiveProcessor:
             log.error("could not add series %s to the operando series %s: %s",
                       record.series_id, self.operando.path, exc)
 
-    def _record_result(self, job: dict) -> None:
+    def _record_result(self, job: dict, analysis: ScanAnalysis | None) -> None:
         p, series = job["processor"], job["series"]
         frames = {"received": p.counters.received, "processed": p.counters.processed,
                   "rejected": p.counters.n_rejected, "dropped": job["stats"]["dropped"]}
-        result = SeriesResult(series.series_id, series.series_unique_id, job["path"], p.maps(),
-                              job["complete"], p.setup.scan, correlation_id_of(series.sxdm), frames)
+        maps = analysis.maps if analysis is not None else p.maps()
+        result = SeriesResult(series.series_id, series.series_unique_id, job["path"], maps,
+                              job["complete"], p.setup.scan, correlation_id_of(series.sxdm), frames,
+                              analysis)
         self.results.append(result)
         self._complete_count += int(result.complete)
         for callback in self._result_callbacks:
@@ -743,3 +834,30 @@ def format_status(status: dict) -> str:
             f"| dropped {status['dropped']} | queued {status['queued']}"
             + (f" | latency p99 {1000 * lat:.0f} ms" if lat is not None else "")
             + (f" | waiting for positions {status['held']}" if status.get("held") else ""))
+
+
+#: the q-ROI maps a snapshot carries (as ``roi.<name>.<map>``)
+SNAPSHOT_ROI_MAPS = ("intensity", "d_spacing", "strain", "tilt_altitude", "mask")
+
+
+def analysis_header(analysis: ScanAnalysis) -> dict:
+    """The snapshot header fields of an analysis (JSON-able)."""
+    header = {"particles": analysis.particles.to_records(),
+              "q_rois": {roi.name: {**roi.describe(), "d_ref": analysis.roi_maps[roi.name].d_ref}
+                         for roi in analysis.rois}}
+    if analysis.drift is not None:
+        header["drift"] = analysis.drift.to_dict()
+    if analysis.roi_suggestion is not None:
+        header["roi_suggestion"] = analysis.roi_suggestion.describe()
+    return header
+
+
+def analysis_arrays(analysis: ScanAnalysis) -> dict[str, np.ndarray]:
+    """The snapshot arrays of an analysis: particle labels and the main q-ROI maps."""
+    arrays = {"particle_labels": np.asarray(analysis.particles.labels, np.int32)}
+    for name, maps in analysis.roi_maps.items():
+        values = map_arrays(maps)
+        for field_name in SNAPSHOT_ROI_MAPS:
+            value = values[field_name]
+            arrays[f"roi.{name}.{field_name}"] = value.astype(np.uint8) if field_name == "mask" else value
+    return arrays

@@ -2,7 +2,8 @@
 
 * A beamline file (:class:`FileScan`): ``workers`` threads each read blocks of frames and add
   them into their own :class:`ScanProcessor` (the numba kernel and most of HDF5 reading run
-  without the GIL); the processors are merged by addition at the end. The frames are joined
+  without the GIL); the processors are merged by addition at the end and analysed as the
+  live processor analyses a scan (drift, q-ROIs, particles, fits). The frames are joined
   to map pixels exactly as the live path joins the replayed stream (frame index, measured
   positions), so the maps are those of a replay through :class:`LiveProcessor`.
 * A recording: its messages are decoded here and handed to a :class:`LiveProcessor` without
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from .accumulate import ScanSetup
+from .analysis import analyse
 from .dectris import Decoder
 from .errors import BadMessageError, SxdmError
 from .filescan import FileScan
@@ -82,11 +84,12 @@ def process_file_scan(file_scan: FileScan, out: str | Path | None = None,
     for other in processors[1:]:
         merged.merge(other)
     rate = merged.counters.processed / max(time.perf_counter() - t0, 1e-9)
-    maps = merged.maps()
+    analysis = analyse(merged.accumulator, settings.analysis, final=merged.complete)
+    maps = analysis.maps
     if out is not None:
         write_results(out, maps, setup, merged.accumulator,
                       hits=setup.hits() if setup.keep_histogram else None,
-                      extra_attrs=_attrs(file_scan, merged))
+                      extra_attrs=_attrs(file_scan, merged), analysis=analysis)
     log.info("%s: %d frames processed, %d rejected (%.0f frames/s, %d threads)", file_scan.path,
              merged.counters.processed, merged.counters.n_rejected, rate, len(threads))
     return FileResult(maps, merged, Path(out) if out is not None else None, rate)

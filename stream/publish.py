@@ -11,7 +11,12 @@ Wire format (one multipart message)::
               "units": {name: unit}, "arrays": [{"name", "dtype", "shape"}, ...]}
     part 2.. one raw C-order little-endian buffer per entry of "arrays", in that order
 
-Array names are those of :func:`sxdm_stream.maps.map_arrays` (the same as in results files).
+Array names are those of :func:`sxdm_stream.maps.map_arrays` (the same as in results files),
+plus ``particle_labels`` (int32) and, per q-ROI, ``roi.<name>.<map>`` for intensity,
+d_spacing, strain, tilt_altitude and mask. The header may also carry ``drift``
+(``DriftEstimate.to_dict()``), ``particles`` (the particle table's records), ``q_rois``
+(name -> ROI description and d_ref), ``roi_suggestion`` (at the end of a scan) and
+``operando`` (electrochemistry channels).
 
 Operando records (one per completed map, :mod:`sxdm_stream.operando`) go out on the same
 socket as ``[b"sxdm.operando", JSON]`` with the record's ``to_json()`` object plus
@@ -44,10 +49,13 @@ class Snapshot:
     arrays: dict[str, np.ndarray]
 
 
-def encode_snapshot(maps: MapSet, info: dict[str, Any]) -> list[bytes]:
-    """The multipart message of one snapshot; ``info`` adds header fields (seq, stats...)."""
+def encode_snapshot(maps: MapSet, info: dict[str, Any],
+                    extra_arrays: dict[str, np.ndarray] | None = None) -> list[bytes]:
+    """The multipart message of one snapshot; ``info`` adds header fields (seq, stats...),
+    ``extra_arrays`` more arrays (q-ROI maps ``roi.<name>.<map>``, ``particle_labels``)."""
     arrays = map_arrays(maps)
     arrays["mask"] = arrays["mask"].astype(np.uint8)
+    arrays.update(extra_arrays or {})
     specs, buffers = [], []
     for name, array in arrays.items():
         a = np.ascontiguousarray(array)

@@ -200,3 +200,9 @@ def _tiny_scan():
     return ScanDescription(shape=(2, 2), extents_um=((0.0, 0.1), (0.0, 0.1)),
                            rocking_angles=(9.0, 9.1), fixed_angles={"phi": 0.0, "nu": 0.0,
                                                                     "delta": 18.0})
+
+
+def test_before_any_angle_is_measured_the_estimate_is_empty_not_an_error():
+    estimate = estimate_drift(np.zeros((5, 6, 7)), (0.1, 0.1), DriftSettings(mode="auto"),
+                              angles_done=0)
+    assert not estimate.confident.any() and not estimate.shifts_px.any()

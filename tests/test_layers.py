@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"stream": "sxdm_stream", "plugins": "sxdm_stream.plugins",
            "simulators": "sxdm_stream.simulators"}
 PURE = {"geometry", "kernels", "accumulate", "maps", "grid", "scan", "errors", "drift",
-        "registration", "particles"}
+        "registration", "particles", "qroi", "roi_suggest", "fits", "analysis", "operando",
+        "join"}
 IO_PACKAGES = {"h5py", "zmq", "matplotlib", "PySide6", "PyQt5", "PyQt6", "pyqtgraph", "socket"}
 QT = {"PySide6", "PyQt5", "PyQt6", "pyqtgraph", "qtpy"}
 ZMQ_ALLOWED = {"sxdm_stream.dectris", "sxdm_stream.live", "sxdm_stream.publish",
