@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sxdm_stream.accumulate import ScanSetup
+from sxdm_stream.analysis import analyse
 from sxdm_stream.config import Config
 from sxdm_stream.hdf5 import write_results
 from sxdm_stream.live import LiveProcessor, LiveSettings, format_status
@@ -126,8 +127,10 @@ def _run_in_process(config: Config, scenario: Scenario, results: Path):
             last = time.perf_counter()
             log.info("frames %d/%d, %.0f frames/s", processor.counters.received, total,
                      processor.counters.rate())
-    maps = processor.maps()
+    analysis = analyse(processor.accumulator, LiveSettings.from_config(config).analysis, final=True)
+    maps = analysis.maps
     write_results(results, maps, setup, processor.accumulator,
                   hits=setup.hits() if setup.keep_histogram else None,
-                  extra_attrs={"status": "complete", "frames_processed": processor.counters.processed})
+                  extra_attrs={"status": "complete", "frames_processed": processor.counters.processed},
+                  analysis=analysis)
     return maps, processor.counters.summary()

@@ -10,6 +10,7 @@ image ``user_data``), and the end message. The socket and the encoding are
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import uuid
@@ -17,7 +18,7 @@ from typing import Iterable
 
 import zmq
 
-from sxdm_stream.messages import ImageFrame, SeriesEnd, SeriesStart
+from sxdm_stream.messages import SXDM_KEY, ImageFrame, SeriesEnd, SeriesStart
 from sxdm_stream.sender import (COMPRESSIONS, FORMATS, Pacer, StreamSender, describing_start,
                                 positions_user_data)
 
@@ -65,10 +66,18 @@ class SimulatedDetector:
 
     def send_series(self, series_id: int = 1, series_unique_id: str | None = None,
                     frames: Iterable[int] | None = None, correlation_id: str | None = None,
-                    stop: threading.Event | None = None, send_end: bool = True) -> int:
-        """Send start, the images (``frames``: indices, default all) and end; returns images sent."""
+                    stop: threading.Event | None = None, send_end: bool = True,
+                    operando: dict | None = None) -> int:
+        """Send start, the images (``frames``: indices, default all) and end; returns images sent.
+
+        ``operando``: electrochemistry channels ({name: {"value", "units"}}) put in the start's
+        sxdm block, as a beamline adds them to each scan of an operando series.
+        """
         unique = series_unique_id or uuid.uuid4().hex
         start = series_start(self.scenario, series_id, unique, correlation_id or unique)
+        if operando:
+            start = dataclasses.replace(start, user_data={
+                SXDM_KEY: {**start.sxdm, "operando": dict(operando)}})
         if not self.sender.send_start(start, stop):
             return 0
         indices = range(self.scenario.scan.n_frames) if frames is None else frames

@@ -38,6 +38,11 @@ def _processing_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bins", type=int, nargs=3, metavar=("BX", "BY", "BZ"),
                    help="q histogram bins (0 0 0: moments only)")
     p.add_argument("--budget-mib", type=float, help="memory budget of the q histograms")
+    p.add_argument("--drift", choices=["off", "auto"],
+                   help="sample drift between rocking angles: estimate and correct it (auto) "
+                        "or not (off); [drift] in --config for the details")
+    p.add_argument("--fits", action="store_true", default=None,
+                   help="Gaussian fits of every masked pixel's q projections at the end of a scan")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--rate", type=float, help="images per second (default: as fast as taken)")
     sim.add_argument("--series", type=int, default=1, help="number of scans to send")
     sim.add_argument("--no-positions", action="store_true", help="no positions in image user_data")
+    sim.add_argument("--operando", type=int, metavar="N",
+                     help="send N scans of a simulated battery charge instead (two LiNiO2 "
+                          "particles whose d follows the charge; voltage, current and capacity "
+                          "in each start's sxdm block)")
     sim.set_defaults(run=run_simulate)
 
     proc = sub.add_parser("process", help="live processor of a DECTRIS stream")
@@ -110,6 +119,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
                       counts=getattr(args, "counts", None), seed=getattr(args, "seed", None))
     config = override(config, "accumulation", histogram_bins=getattr(args, "bins", None),
                       histogram_budget_mib=getattr(args, "budget_mib", None))
+    config = override(config, "drift", mode=getattr(args, "drift", None))
+    config = override(config, "fits", enabled=getattr(args, "fits", None))
     out = getattr(args, "out", None)
     return override(config, "output", directory=str(out) if out and args.command == "demo" else None)
 
@@ -137,14 +148,30 @@ def run_simulate(args: argparse.Namespace) -> int:
                                  rate_hz=args.rate, positions=not args.no_positions)
     print(f"endpoint: {detector.endpoint}", flush=True)
     try:
-        for series in range(1, args.series + 1):
+        for series, scenario_, channels in _simulated_scans(args, config, scenario):
+            detector.scenario = scenario_
             t0 = time.perf_counter()
-            n = detector.send_series(series_id=series)
+            n = detector.send_series(series_id=series, operando=channels)
             dt = time.perf_counter() - t0
-            log.info("series %d: sent %d images in %.1f s (%.0f images/s)", series, n, dt, n / dt)
+            log.info("series %d: sent %d images in %.1f s (%.0f images/s)%s", series, n, dt,
+                     n / dt, f", voltage {channels['voltage']['value']:.3f} V" if channels else "")
     finally:
         detector.close()
     return 0
+
+
+def _simulated_scans(args, config, scenario):
+    """(series id, scenario, operando channels or None) of each scan to send."""
+    if not args.operando:
+        for series in range(1, args.series + 1):
+            yield series, scenario, None
+        return
+    from .simulators.operando import operando_sequence
+
+    sim = config.simulation
+    for step in operando_sequence(args.operando, shape=sim.shape, n_angles=sim.n_angles,
+                                  counts=sim.counts, seed=sim.seed):
+        yield step.index + 1, step.scenario, step.channels
 
 
 def run_process(args: argparse.Namespace) -> int:

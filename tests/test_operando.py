@@ -165,3 +165,26 @@ def test_channels_and_summary_helpers(small_processed):
 def test_charge_curve_is_physical():
     d = d_spacing_on_charge(np.linspace(0, 1, 101))
     assert d.argmax() in range(60, 90) and d[-1] < d[0]
+
+
+def test_simulate_and_process_operando_from_the_command_line(tmp_path):
+    """`simulate --operando N` and `process --operando SERIES.h5` as two processes."""
+    import subprocess
+    import sys
+
+    sim = subprocess.Popen([sys.executable, "-m", "sxdm_stream.cli", "simulate", "--bind",
+                            "tcp://127.0.0.1:*", "--operando", "3", "--shape", "8", "12",
+                            "--angles", "5"], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True)
+    endpoint = sim.stdout.readline().split(": ", 1)[1].strip()
+    proc = subprocess.run([sys.executable, "-m", "sxdm_stream.cli", "process", "--connect", endpoint,
+                           "--out", str(tmp_path / "maps.h5"), "--operando",
+                           str(tmp_path / "series.h5"), "--series", "3"],
+                          capture_output=True, text=True, timeout=300)
+    sim.communicate(timeout=60)
+    assert proc.returncode == 0 and sim.returncode == 0, proc.stderr
+    series = read_operando(tmp_path / "series.h5")
+    assert series["records"] == 3
+    voltage, units = series["electrochemistry"]["voltage"]
+    assert units == "V" and np.all(np.diff(voltage) > 0)        # charging
+    assert "particle(s)" in proc.stderr
