@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import dataclasses
 import logging
 import sys
@@ -106,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_file_commands(sub)   # record, replay, process-file, export-xsocs
 
+    rois = sub.add_parser("rois", help="the q-space ROIs suggested for a results file, as "
+                                       "configuration to paste into the next scan's --config")
+    rois.add_argument("results", type=Path, help="results file written by process/demo")
+    rois.set_defaults(run=run_rois)
+
     sub.add_parser("view", add_help=False,
                    help="live viewer: maps of a processor (--connect) or of a results file "
                         "(sxdm-stream view --help)")
@@ -172,6 +178,23 @@ def _simulated_scans(args, config, scenario):
     for step in operando_sequence(args.operando, shape=sim.shape, n_angles=sim.n_angles,
                                   counts=sim.counts, seed=sim.seed):
         yield step.index + 1, step.scenario, step.channels
+
+
+def run_rois(args: argparse.Namespace) -> int:
+    from .hdf5_analysis import read_roi_suggestion
+
+    suggestion = read_roi_suggestion(args.results)
+    if suggestion is None:
+        raise ConfigError(f"{args.results} holds no q-ROI suggestion: it is made at the end of "
+                          "a complete scan whose q histogram was kept (--bins not 0 0 0)")
+    print(suggestion["text"])
+    print("\n# q-space ROIs for the next scan (paste into the --config TOML file):")
+    for peak in suggestion["peaks"]:
+        roi = peak["roi"]
+        print(f"[[accumulation.q_rois]]\nname = {json.dumps(roi['name'])}\n"
+              f"lo = [{', '.join(repr(float(v)) for v in roi['lo'])}]\n"
+              f"hi = [{', '.join(repr(float(v)) for v in roi['hi'])}]\nshape = {json.dumps(roi['shape'])}\n")
+    return 0
 
 
 def run_process(args: argparse.Namespace) -> int:

@@ -12,7 +12,8 @@ Written beside the maps by :func:`sxdm_stream.hdf5.write_results` when it is giv
     /entry/roi_suggestion     text          JSON of the suggested q-ROIs (peaks, boxes, d)
     /entry/fits               NXcollection  NXdata per Gaussian-fit map (fit_qx, fit_fwhm_qx...)
 
-Readers: :func:`read_particles`, :func:`read_drift`, :func:`read_roi_maps`.
+Readers: :func:`read_particles`, :func:`read_drift`, :func:`read_roi_maps`,
+:func:`read_roi_suggestion`.
 """
 
 from __future__ import annotations
@@ -117,3 +118,14 @@ def read_roi_maps(path) -> dict[str, dict[str, np.ndarray]]:
             return {}
         names = list(entry["q_rois"])
     return {name: read_maps(path, group=f"entry/q_rois/{name}") for name in names}
+
+
+def read_roi_suggestion(path) -> dict | None:
+    """The q-ROI suggestion of a results file (``RoiSuggestion.describe()`` plus its printout
+    under ``text``), or None when none was made."""
+    with open_results(path) as f:
+        entry = f["entry"]
+        if "roi_suggestion" not in entry:
+            return None
+        ds = entry["roi_suggestion"]
+        return {**json.loads(ds.asstr()[()]), "text": str(ds.attrs.get("text", ""))}

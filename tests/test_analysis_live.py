@@ -12,6 +12,8 @@ import pytest
 
 from sxdm_stream.accumulate import AccumulationSettings
 from sxdm_stream.analysis import AnalysisSettings, analyse
+from sxdm_stream.cli import main
+from sxdm_stream.config import load_config
 from sxdm_stream.drift import DriftSettings
 from sxdm_stream.hdf5 import read_maps
 from sxdm_stream.hdf5_analysis import read_drift, read_particles, read_roi_maps
@@ -41,7 +43,7 @@ def run_live(scenario, out, settings: LiveSettings, keep: list | None = None):
     return live, result
 
 
-def test_rois_suggested_on_one_scan_separate_two_particles_on_the_next(tmp_path):
+def test_rois_suggested_on_one_scan_separate_two_particles_on_the_next(tmp_path, capsys):
     scenario = two_particle_scenario(shape=(20, 20), n_angles=17)
     truth = scenario.simulator.truth()
     first_settings = LiveSettings(checkpoints=False)
@@ -52,8 +54,14 @@ def test_rois_suggested_on_one_scan_separate_two_particles_on_the_next(tmp_path)
         stored = json.loads(f["entry/roi_suggestion"][()])
         assert "peak" in f["entry/roi_suggestion"].attrs["text"]
     assert len(stored["peaks"]) == 2
+    main(["rois", str(tmp_path / "first.h5")])          # what a user pastes into the config
+    printed = capsys.readouterr().out
+    config_file = tmp_path / "next.toml"
+    config_file.write_text(printed.split("(paste into the --config TOML file):", 1)[1])
+    rois = load_config(config_file).accumulation.q_rois
+    assert rois == suggestion.rois
     second_settings = dataclasses.replace(first_settings, accumulation=AccumulationSettings(
-        q_rois=suggestion.rois))
+        q_rois=rois))
     live, second = run_live(scenario, tmp_path / "second.h5", second_settings)
     by_roi = read_roi_maps(tmp_path / "second.h5")
     assert set(by_roi) == {"peak0", "peak1"}
