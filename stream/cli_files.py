@@ -78,6 +78,9 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roi", type=int, nargs=4, metavar=("R0", "R1", "C0", "C1"),
                    help="detector rows R0:R1 and columns C0:C1 to process (default: all)")
     p.add_argument("--mask", type=Path, help="pixel mask, .npy (non-zero = excluded)")
+    p.add_argument("--monitor", metavar="COUNTER",
+                   help="files: normalise every frame by this measurement counter, e.g. mon "
+                        "(default: no normalisation)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -108,7 +111,8 @@ def source_options(args: argparse.Namespace):
     overrides = GeometryOverrides(args.energy_ev, args.distance_m, args.pixel_size_m,
                                   tuple(args.beam_center) if args.beam_center else None,
                                   tuple(args.roi) if args.roi else None, mask)
-    return SourceOptions(args.kind, args.detector, parse_scans(args.scans), overrides)
+    return SourceOptions(args.kind, args.detector, parse_scans(args.scans), overrides,
+                         args.monitor)
 
 
 def _progress_bar(total: int, unit: str, disable: bool):

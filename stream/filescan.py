@@ -59,13 +59,15 @@ class GeometryOverrides:
 
 @dataclass(frozen=True)
 class FileEntry:
-    """The frames of one rocking angle: ``dataset`` in ``path`` (n_points, rows, cols), and
-    the measured positions of every frame (micrometres), by motor name."""
+    """The frames of one rocking angle: ``dataset`` in ``path`` (n_points, rows, cols), the
+    measured positions of every frame (micrometres), by motor name, and the monitor counter
+    of every frame (None: no monitor asked for)."""
 
     name: str
     path: Path
     dataset: str
     positions: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False)
+    monitor: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,13 @@ class FileScan:
                      scan.motors[1]: float(scan.axis_um(1)[col])}
         found[scan.rocking_axis] = scan.rocking_angles[angle]
         return found
+
+    def monitor(self, frame_index: int) -> float | None:
+        """The monitor counter of a frame (the counts are divided by it), or None."""
+        scan = self.scan
+        angle, point = divmod(frame_index // scan.frames_per_point, scan.n_points)
+        values = self.entries[angle].monitor
+        return None if values is None else float(values[point])
 
     def open(self) -> "FrameReader":
         return FrameReader(self)
@@ -154,7 +163,8 @@ def open_hdf5(path: str | os.PathLike) -> h5py.File:
 
 
 def read_entry(path: Path, entry: h5py.Group, frames_name: str, n_points: int,
-               position_names: Mapping[str, Sequence[str]], shape_from: str) -> FileEntry:
+               position_names: Mapping[str, Sequence[str]], shape_from: str,
+               monitor: str | None = None) -> FileEntry:
     """The :class:`FileEntry` of one rocking angle, checked.
 
     Parameters
@@ -164,6 +174,7 @@ def read_entry(path: Path, entry: h5py.Group, frames_name: str, n_points: int,
     n_points : frames the map calls for.
     position_names : per map motor, the measurement counters that may hold its positions.
     shape_from : where the map shape was read (for the error message).
+    monitor : the measurement counter that monitors the beam (None: no normalisation).
     """
     meas = require(entry, "measurement", "the measurement")
     frames = require(meas, frames_name, f"the frames ({frames_name})")
@@ -180,7 +191,19 @@ def read_entry(path: Path, entry: h5py.Group, frames_name: str, n_points: int,
                 positions[motor] = meas[name][()].astype(float)
                 break
     return FileEntry(entry.name.strip("/"), path, f"{entry.name}/measurement/{frames_name}",
-                     positions)
+                     positions, None if monitor is None else _monitor(meas, monitor, n_points))
+
+
+def _monitor(meas: h5py.Group, name: str, n_points: int) -> np.ndarray:
+    """The counter ``measurement/<name>``, one value per frame, checked."""
+    node = meas.get(name)
+    if not isinstance(node, h5py.Dataset) or node.shape != (n_points,):
+        counters = sorted(k for k, v in meas.items()
+                          if isinstance(v, h5py.Dataset) and v.shape == (n_points,))
+        raise IncompatibleFileError(
+            f"{meas.file.filename}:{meas.name} has no monitor counter {name!r} of {n_points} "
+            f"values (shape {getattr(node, 'shape', None)}); counters of that length: {counters}")
+    return node[()].astype(float)
 
 
 def check_virtual_sources(dataset: h5py.Dataset) -> None:

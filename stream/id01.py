@@ -45,7 +45,8 @@ def is_id01_scan_set(f: h5py.File) -> bool:
 
 def read_id01_scan_set(path, detector: str | None = None, scans: list[int] | None = None,
                        overrides: GeometryOverrides | None = None,
-                       diffractometer: Diffractometer | None = None) -> FileScan:
+                       diffractometer: Diffractometer | None = None,
+                       monitor: str | None = None) -> FileScan:
     """Describe an ID01 scan set as one SXDM scan.
 
     Parameters
@@ -55,6 +56,8 @@ def read_id01_scan_set(path, detector: str | None = None, scans: list[int] | Non
     scans : scan numbers to use, in acquisition order; default every SXDM scan of the file.
     overrides : geometry values that replace the file's.
     diffractometer : circles and senses (default ID01).
+    monitor : the counter of ``measurement/`` that monitors the beam (e.g. ``mon``); frames
+        are normalised by it (None: not normalised).
 
     Raises
     ------
@@ -71,7 +74,8 @@ def read_id01_scan_set(path, detector: str | None = None, scans: list[int] | Non
         shape, motors, extents, expo_s = _raster(first)
         angles = [_angles(f[name], diffractometer) for name in names]
         rocking_axis, rocking, fixed = _rocking(angles, diffractometer, path)
-        entries = tuple(_entry(path, f[name], detector, shape, motors) for name in names)
+        entries = tuple(_entry(path, f[name], detector, shape, motors, monitor)
+                        for name in names)
         dtype = str(f[entries[0].dataset].dtype)
         geometry = overrides.apply(Geometry(_detector(first, detector), _energy_ev(first),
                                             diffractometer))
@@ -145,10 +149,11 @@ def _rocking(angles: list[dict[str, float]], diffractometer: Diffractometer, pat
     return axis, [s[axis] for s in angles], fixed
 
 
-def _entry(path: Path, entry: h5py.Group, detector: str, shape, motors) -> FileEntry:
+def _entry(path: Path, entry: h5py.Group, detector: str, shape, motors,
+           monitor: str | None) -> FileEntry:
     names = {m: (m, f"{m}_position") for m in motors}      # newer, older BLISS counters
     return read_entry(path, entry, detector, shape[0] * shape[1], names,
-                      "the scan's technique/dim0, dim1")
+                      "the scan's technique/dim0, dim1", monitor)
 
 
 def _detector(entry: h5py.Group, detector: str):

@@ -463,7 +463,7 @@ class LiveProcessor:
             self.placed_by_index += 1
             self._report("placed_by_index", f"image {image.image_id}: no positions from run "
                          f"{self._plan.run_uid}; placed by its index")
-        if self.processor.add(image.image_id, image.data, positions=positions):
+        if self.processor.add(image.image_id, image.data, monitor=image.monitor, positions=positions):
             self._pending_received.append(image.received_s)
         if self.processor.angles_done > self._angles_written:
             self._angles_written = self.processor.angles_done

@@ -8,8 +8,9 @@ under the key ``"sxdm"``:
 
 * series start: ``{"sxdm": {"version": 1, "scan": ScanDescription.describe(),
   "geometry": Geometry.describe(), "correlation_id": str}}``;
-* image: ``{"sxdm": {"positions": {motor: value, ...}}}`` with the measured positions of the
-  frame (micrometres for the map motors, degrees for angles), optional.
+* image: ``{"sxdm": {"positions": {motor: value, ...}, "monitor": float}}`` with the measured
+  positions of the frame (micrometres for the map motors, degrees for angles) and the beam
+  monitor's counter during the frame (the frame's counts are divided by it), both optional.
 
 A detector that knows nothing of the scan sends only ``{"sxdm": {"correlation_id": str}}``
 in its start; the control system then describes the run and measures the positions
@@ -19,6 +20,7 @@ series by that correlation id and to its frames by index (:mod:`sxdm_stream.join
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Union
@@ -82,6 +84,21 @@ class ImageFrame:
             return None
         positions = block.get("positions")
         return positions if isinstance(positions, Mapping) else None
+
+    @property
+    def monitor(self) -> float | None:
+        """The beam monitor's counter carried by the image, or None.
+
+        A monitor that is not a number reads as NaN, which the accumulator rejects
+        (``bad_monitor``): a frame is never added unnormalised by mistake.
+        """
+        block = _sxdm_block(self.user_data)
+        if block is None or block.get("monitor") is None:
+            return None
+        value = block["monitor"]
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return float("nan")
+        return float(value)
 
 
 @dataclass(frozen=True)

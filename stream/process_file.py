@@ -4,8 +4,9 @@
   them into their own :class:`ScanProcessor` (the numba kernel and most of HDF5 reading run
   without the GIL); the processors are merged by addition at the end and analysed as the
   live processor analyses a scan (drift, q-ROIs, particles, fits). The frames are joined
-  to map pixels exactly as the live path joins the replayed stream (frame index, measured
-  positions), so the maps are those of a replay through :class:`LiveProcessor`.
+  to map pixels and normalised exactly as the live path joins the replayed stream (frame
+  index, measured positions, monitor), so the maps are those of a replay through
+  :class:`LiveProcessor`.
 * A recording: its messages are decoded here and handed to a :class:`LiveProcessor` without
   a socket (:meth:`LiveProcessor.submit`), whose worker thread accumulates while this one
   decodes: the very code of the live path.
@@ -108,7 +109,8 @@ def _work(file_scan: FileScan, processor: ScanProcessor, blocks: queue.Queue,
                 frames = reader.read(angle, start, stop)
                 for i, frame in enumerate(frames):
                     index = angle * n_points + start + i
-                    processor.add(index, frame, positions=file_scan.positions(index))
+                    processor.add(index, frame, monitor=file_scan.monitor(index),
+                                  positions=file_scan.positions(index))
                 if progress is not None:
                     progress(stop - start)
     except (SxdmError, OSError) as exc:          # a missing or unreadable dataset

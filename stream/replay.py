@@ -3,7 +3,8 @@
 A recording (:mod:`sxdm_stream.recording`) is sent message by message exactly as it was
 received. A beamline file (:class:`sxdm_stream.filescan.FileScan`) is sent as one series: a
 start message describing the scan and geometry from the file's metadata (``user_data`` sxdm
-block), one image per frame with its measured positions in ``user_data``, and the end.
+block), one image per frame with its measured positions and, when the file has the monitor
+counter asked for, its monitor in ``user_data``, and the end.
 
 The rate is ``1x`` (the acquisition's own pace: recorded arrival times, or the file's frame
 period), any factor (``10x``) or ``max`` (as fast as the receiver takes them; PUSH waits for
@@ -19,7 +20,7 @@ from typing import Callable
 
 from .errors import ConfigError
 from .filescan import FileScan
-from .messages import ImageFrame, SeriesEnd
+from .messages import SXDM_KEY, ImageFrame, SeriesEnd
 from .recording import RecordingReader
 from .sender import Pacer, StreamSender, describing_start, positions_user_data
 
@@ -82,7 +83,7 @@ def replay_file_scan(file_scan: FileScan, sender: StreamSender, speed: float | N
                 index = first + i
                 pacer.wait_at(stop=stop)
                 image = ImageFrame(series_id, index, data, unique,
-                                   positions_user_data(file_scan.positions(index)))
+                                   _image_user_data(file_scan, index))
                 if not sender.send_image(image, stop):
                     return sent
                 sent += 1
@@ -90,6 +91,15 @@ def replay_file_scan(file_scan: FileScan, sender: StreamSender, speed: float | N
                     progress(1)
     sender.send_end(SeriesEnd(series_id, unique), stop)
     return sent
+
+
+def _image_user_data(file_scan: FileScan, index: int) -> dict:
+    """The ``user_data`` of a frame: its measured positions and, if any, its monitor."""
+    user_data = positions_user_data(file_scan.positions(index))
+    monitor = file_scan.monitor(index)
+    if monitor is not None:
+        user_data[SXDM_KEY]["monitor"] = monitor
+    return user_data
 
 
 def replay(source: RecordingReader | FileScan, sender: StreamSender, speed: float | None = None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import IncompatibleFileError
+from .errors import ConfigError, IncompatibleFileError
 from .filescan import FileScan, GeometryOverrides, open_hdf5
 from .id01 import is_id01_scan_set, read_id01_scan_set
 from .recording import RecordingReader, is_recording
@@ -29,12 +29,16 @@ class SourceOptions:
     detector : the ID01 detector's name (default: the one present).
     scans : ID01 scan numbers to use, in acquisition order (default: every SXDM scan).
     overrides : geometry values that replace the file's metadata.
+    monitor : beamline files: the ``measurement/`` counter that monitors the beam, by which
+        frames are normalised (None: not normalised). A recording carries its monitor, if
+        any, in its images' ``user_data``.
     """
 
     kind: str = "auto"
     detector: str | None = None
     scans: tuple[int, ...] | None = None
     overrides: GeometryOverrides | None = None
+    monitor: str | None = None
 
 
 def open_source(path, options: SourceOptions | None = None) -> RecordingReader | FileScan:
@@ -43,6 +47,7 @@ def open_source(path, options: SourceOptions | None = None) -> RecordingReader |
     Raises
     ------
     IncompatibleFileError : the file is none of the kinds, or not a readable one of them.
+    ConfigError : a monitor counter named for a recording.
     """
     options = options or SourceOptions()
     path = Path(path)
@@ -51,6 +56,9 @@ def open_source(path, options: SourceOptions | None = None) -> RecordingReader |
     if not path.exists():
         raise IncompatibleFileError(f"no such source file: {path}")
     if options.kind == "recording" or (options.kind == "auto" and is_recording(path)):
+        if options.monitor is not None:
+            raise ConfigError(f"{path} is a recording: its images carry their monitor, if any; "
+                              "a monitor counter is chosen for beamline files only")
         return RecordingReader(path)
     kind = options.kind
     if kind == "auto":
@@ -62,6 +70,7 @@ def open_source(path, options: SourceOptions | None = None) -> RecordingReader |
                 "technique/dim0, dim1), nor an XSOCS master file (entries with "
                 "instrument/detector/center_chan_dim0)")
     if kind == "xsocs":
-        return read_xsocs_master(path, options.overrides)
+        return read_xsocs_master(path, options.overrides, monitor=options.monitor)
     return read_id01_scan_set(path, options.detector,
-                              list(options.scans) if options.scans else None, options.overrides)
+                              list(options.scans) if options.scans else None, options.overrides,
+                              monitor=options.monitor)

@@ -55,7 +55,7 @@ def _entry_sort_key(name: str):
 
 def read_xsocs_master(path, overrides: GeometryOverrides | None = None,
                       diffractometer: Diffractometer | None = None,
-                      rocking_axis: str = "eta") -> FileScan:
+                      rocking_axis: str = "eta", monitor: str | None = None) -> FileScan:
     """Describe an XSOCS master file as one SXDM scan.
 
     Parameters
@@ -64,6 +64,8 @@ def read_xsocs_master(path, overrides: GeometryOverrides | None = None,
     overrides : geometry values that replace the file's (distance, mask...).
     diffractometer : circles and senses (default ID01, XSOCS' own convention).
     rocking_axis : the sample circle stepped between entries.
+    monitor : the counter of ``measurement/`` that monitors the beam; frames are normalised
+        by it (None: not normalised).
 
     Raises
     ------
@@ -86,7 +88,7 @@ def read_xsocs_master(path, overrides: GeometryOverrides | None = None,
             if moved:
                 raise IncompatibleFileError(f"{path}: entry {n} moves {moved}; only "
                                             f"{rocking_axis} may change between entries")
-        entries = tuple(_entry(path, f[n], shape, motors) for n in names)
+        entries = tuple(_entry(path, f[n], shape, motors, monitor) for n in names)
         dtype = str(f[entries[0].dataset].dtype)
         geometry = _geometry(first, overrides, diffractometer)
     scan = ScanDescription(shape=shape, extents_um=extents, motors=motors,
@@ -129,10 +131,10 @@ def _angles(entry: h5py.Group, diffractometer: Diffractometer) -> dict[str, floa
             for axis in diffractometer.axis_names}
 
 
-def _entry(path: Path, entry: h5py.Group, shape, motors) -> FileEntry:
+def _entry(path: Path, entry: h5py.Group, shape, motors, monitor: str | None) -> FileEntry:
     names = {m: tuple(n for n in (MOTOR_COUNTERS.get(m), m) if n) for m in motors}
     return read_entry(path, entry, "image/data", shape[0] * shape[1], names,
-                      "scan/motor_*_steps")
+                      "scan/motor_*_steps", monitor)
 
 
 def _geometry(entry: h5py.Group, overrides: GeometryOverrides,
