@@ -13,9 +13,11 @@ source that hands one new snapshot per tick, as the subscriber does. For each up
 * ``paint``: Qt paints what changed (``processEvents``: the images are colour-mapped here);
 * ``total``: model+panels + paint: the time the UI thread is busy per update.
 
-Three cases: the maps with the pixel inspector tab in front and a pixel selected (the default
+Four cases: the maps with the pixel inspector tab in front and a pixel selected (the default
 view while steering), the same with the distributions tab in front (pole figure and histograms
-redrawn at each update too), and the maps alone at ``--shape`` 40 x 40 for comparison.
+redrawn at each update too), snapshots with the analysis (particles, drift, two q-ROIs) shown
+as a q-ROI's maps with a particle highlighted and the analysis tab in front, and the maps alone
+at 40 x 40 for comparison.
 "UI busy at 5 Hz" is 5 x the mean total: the share of each second the UI is not free.
 
 Run: ``QT_QPA_PLATFORM=offscreen python -m sxdm_stream.plugins.viewer.bench_viewer [--help]``.
@@ -69,10 +71,41 @@ def synthetic_arrays(shape: tuple[int, int], n_angles: int, k: int) -> dict[str,
     return arrays
 
 
-def synthetic_message(shape, n_angles: int, k: int) -> list[bytes]:
+def synthetic_analysis(arrays: dict[str, np.ndarray], n_angles: int,
+                       k: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """Header fields and arrays of the analysis a live processor adds: two particles (the
+    left and right halves of the mask), a drift estimate, two q-ROIs (intensity, d, strain,
+    tilt and mask each, as :mod:`sxdm_stream.publish` describes)."""
+    mask = arrays["mask"]
+    labels = np.where(mask, 1, 0).astype(np.int32)
+    labels[:, mask.shape[1] // 2:] *= 2
+    extra = {"particle_labels": labels}
+    for name, scale in (("low", 0.999), ("high", 1.001)):
+        for field_name in ("intensity", "d_spacing", "strain", "tilt_altitude"):
+            extra[f"roi.{name}.{field_name}"] = arrays[field_name] * scale
+        extra[f"roi.{name}.mask"] = mask.astype(np.uint8)
+    record = {"label": 1, "area_px": int(mask.sum() // 2), "area_um2": 1.0,
+              "centroid_row_um": 1.0, "centroid_col_um": 1.0, "intensity": 1e6,
+              "mean_d_a": 4.733, "mean_strain": 10.0 * k, "strain_std": 100.0,
+              "max_tilt_deg": 0.1, "mean_tilt_deg": 0.05, "mean_tilt_azimuth_deg": 90.0,
+              "tilt_spread_deg": 0.02, "n_domains": 3}
+    shifts = (0.01 * np.arange(n_angles)[:, None] * [1, -1] + 0.001 * k).tolist()
+    header = {"particles": [record, {**record, "label": 2}],
+              "drift": {"mode": "auto", "reference_angle": n_angles // 2, "step_um": [0.05, 0.05],
+                        "shifts_px": shifts, "shifts_um": shifts,
+                        "confident": [True] * n_angles, "correlation": [0.99] * n_angles},
+              "q_rois": {name: {"name": name, "shape": "box", "lo": [-0.01, -0.01, 1.3],
+                                "hi": [0.01, 0.01, 1.35], "d_ref": 4.733}
+                         for name in ("low", "high")}}
+    return header, extra
+
+
+def synthetic_message(shape, n_angles: int, k: int, analysis: bool = False) -> list[bytes]:
     """The wire message of snapshot ``k`` (as :func:`encode_snapshot` lays it out)."""
     arrays = synthetic_arrays(shape, n_angles, k)
+    more_header, more_arrays = synthetic_analysis(arrays, n_angles, k) if analysis else ({}, {})
     arrays["mask"] = arrays["mask"].astype(np.uint8)
+    arrays.update(more_arrays)
     specs = [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape)} for n, a in arrays.items()]
     rows, cols = shape
     header = {"format": FORMAT, "version": VERSION, "time": time.time(), "seq": k,
@@ -83,7 +116,7 @@ def synthetic_message(shape, n_angles: int, k: int) -> list[bytes]:
                        "motors": ["piy", "pix"], "rocking_axis": "eta",
                        "rocking_angles": list(np.linspace(8.7, 9.3, n_angles))},
               "stats": {"received": k, "processed": k, "rejected": {}, "dropped": 0,
-                        "frames_per_s": 1000.0, "progress": [k, 100]}}
+                        "frames_per_s": 1000.0, "progress": [k, 100]}, **more_header}
     return [TOPIC, json.dumps(header).encode()] + [np.ascontiguousarray(a).tobytes()
                                                    for a in arrays.values()]
 
@@ -111,8 +144,11 @@ class BenchSource:
         return [(snapshot, time.monotonic())]
 
 
-def measure(app, shape, n_angles: int, updates: int, tab: str) -> dict[str, list[float]]:
-    messages = [synthetic_message(shape, n_angles, k) for k in range(8)]
+def measure(app, shape, n_angles: int, updates: int, tab: str,
+            analysis: bool = False) -> dict[str, list[float]]:
+    """Time ``updates`` updates; with ``analysis``, the snapshots carry particles, drift and
+    q-ROIs, the panels show q-ROI "low" and particle 1 is highlighted."""
+    messages = [synthetic_message(shape, n_angles, k, analysis) for k in range(8)]
     decode = []
     snapshots = []
     for m in messages:
@@ -126,6 +162,9 @@ def measure(app, shape, n_angles: int, updates: int, tab: str) -> dict[str, list
     app.processEvents()
     window.refresh()
     window.model.select_pixel(shape[0] // 2, shape[1] // 2)
+    if analysis:
+        window.model.select_map_source("low")
+        window.model.select_particle(1)
     app.processEvents()
     times = {"decode": decode, "model+panels": [], "paint": [], "total": []}
     for _ in range(updates):
@@ -169,6 +208,9 @@ def main(argv=None) -> int:
            measure(app, shape, args.angles, args.updates, "inspector"))
     report(f"{shape[0]}x{shape[1]} maps, distributions in front",
            measure(app, shape, args.angles, args.updates, "distributions"))
+    report(f"{shape[0]}x{shape[1]} maps with particles, drift and q-ROIs: a q-ROI's maps, a "
+           "particle highlighted, analysis in front",
+           measure(app, shape, args.angles, args.updates, "analysis", analysis=True))
     report("40x40 maps, inspector in front", measure(app, (40, 40), args.angles, args.updates,
                                                       "inspector"))
     return 0

@@ -208,6 +208,9 @@ def operando_point(state: MapState) -> OperandoPoint:
     )
 
 
+#: the map source that shows the whole detector (every q), as the selector names it
+ALL_Q = "all q"
+
 #: connection levels, from good to bad: what the banner shows
 OK, IDLE, STALE, LOST = "ok", "idle", "stale", "lost"
 
@@ -222,12 +225,16 @@ class ViewerModel(QObject):
         for the banner; emitted when either changes.
     operandoAppended(object) : an :class:`OperandoPoint` for a newly completed map.
     pixelSelected(int, int) : the map pixel (row, col) whose details are shown.
+    mapSourceChanged(str) : the map panels show another q-ROI's maps (``ALL_Q``: all of q).
+    particleSelected(object) : the particle label highlighted on the maps (None: none).
     """
 
     mapsChanged = Signal()
     connectionChanged = Signal(str, str)
     operandoAppended = Signal(object)
     pixelSelected = Signal(int, int)
+    mapSourceChanged = Signal(str)
+    particleSelected = Signal(object)
 
     def __init__(self, source: str = "", stale_after_s: float = 5.0,
                  parent: QObject | None = None) -> None:
@@ -239,6 +246,8 @@ class ViewerModel(QObject):
         self.operando: list[OperandoPoint] = []
         self.connection: tuple[str, str] = (IDLE, f"waiting for {source}")
         self.selected: tuple[int, int] | None = None
+        self.map_source = ALL_Q
+        self.particle: int | None = None
         self._completed: set[tuple] = set()
         self._started_s = time.monotonic()
         self._lost_since: float | None = None
@@ -324,6 +333,19 @@ class ViewerModel(QObject):
             return
         self.selected = (int(row), int(col))
         self.pixelSelected.emit(int(row), int(col))
+
+    def select_map_source(self, name: str) -> None:
+        """Show the maps of q-ROI ``name`` in the map panels (``ALL_Q``: the whole detector)."""
+        if name != self.map_source:
+            self.map_source = str(name)
+            self.mapSourceChanged.emit(self.map_source)
+
+    def select_particle(self, label: int | None) -> None:
+        """Highlight particle ``label`` on the maps (None: none)."""
+        label = None if label is None else int(label)
+        if label != self.particle:
+            self.particle = label
+            self.particleSelected.emit(label)
 
     def reset_operando(self) -> None:
         """Forget the operando history (a new experiment)."""

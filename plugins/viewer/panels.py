@@ -20,6 +20,7 @@ from PySide6.QtCore import Signal
 from sxdm_stream.maps import hsv_to_rgb
 
 from .legend import ColourWheel
+from .markers import PixelMarker, RegionHighlight
 from .model import MapState
 
 #: levels come from at most this many values of a map (a strided sample): cheap on any map
@@ -164,7 +165,9 @@ class MapPanel(pg.PlotItem):
             self.layout.addItem(self.units_label, 0, 5)
         else:
             self.units_label = None
-        self.marker = _PixelMarker(self.image)
+        self.marker = PixelMarker(self.image)
+        self.highlight = RegionHighlight(self.image)
+        self.note = ""                         # why the panel is blank (no such map here)
         self.scale_bar: pg.ScaleBar | None = None
         self._grid: tuple | None = None
         self.new_geometry = False
@@ -180,14 +183,21 @@ class MapPanel(pg.PlotItem):
         self.auto_levels = False
 
     def set_units(self, units: str, title: str | None = None) -> None:
-        """Units above the colour bar and in the title ("strain (µstrain)")."""
+        """Units above the colour bar and in the title ("strain (µstrain)"), and the note."""
         title = title or self.spec.title
-        self.setTitle(f"{title} ({units})" if units else title, size="10pt")
+        title = f"{title} ({units})" if units else title
+        if self.note:
+            title += f" — <i>{self.note}</i>"
+        self.setTitle(title, size="10pt")
         if self.units_label is not None:
             self.units_label.setText(units, size="9pt")
 
-    def show_map(self, data: np.ndarray, state: MapState, units: str) -> None:
-        """Put new data in the existing image (no new items); rescale only if asked to."""
+    def show_map(self, data: np.ndarray, state: MapState, units: str, note: str = "") -> None:
+        """Put new data in the existing image (no new items); rescale only if asked to.
+        ``note`` says why the panel is blank (empty: it is not)."""
+        if note != self.note:
+            self.note = note
+            self.set_units(self.units or "", self.title_text)
         self._follow_geometry(state)
         if self.spec.levels == "rgb":
             self.image.setImage(rgba_image(data), autoLevels=False, levels=(0, 255))
@@ -234,31 +244,6 @@ class MapPanel(pg.PlotItem):
     def mark(self, row: int | None, col: int | None) -> None:
         """Outline pixel (row, col); None hides the outline."""
         self.marker.place(row, col)
-
-
-class _PixelMarker:
-    """A square around one pixel, in image coordinates (white under black: visible on any
-    colour)."""
-
-    def __init__(self, image: pg.ImageItem) -> None:
-        self.items = []
-        for colour, width in (("w", 3.5), ("k", 1.5)):
-            item = QtWidgets.QGraphicsRectItem(0, 0, 1, 1, image)
-            pen = pg.mkPen(colour, width=width)
-            pen.setCosmetic(True)
-            item.setPen(pen)
-            item.setZValue(10)
-            item.hide()
-            self.items.append(item)
-
-    def place(self, row: int | None, col: int | None) -> None:
-        """Around pixel (row, col), or hidden for None."""
-        for item in self.items:
-            if row is None:
-                item.hide()
-            else:
-                item.setRect(col, row, 1, 1)
-                item.show()
 
 
 class MapGrid(pg.GraphicsLayoutWidget):
@@ -364,18 +349,21 @@ class MapGrid(pg.GraphicsLayoutWidget):
         panel.set_units(panel.units or "", panel.title_text)
         panel.rescale()
 
-    def map_data(self, state: MapState, key: str) -> tuple[np.ndarray, str]:
-        """The array a panel shows and its units."""
-        if key == "fwhm":
-            name = f"fwhm_q{'xyz'[self.fwhm_axis]}"
-            return state.arrays[name], state.units(name)
-        return state.arrays[key], state.units(key)
+    def map_data(self, state: MapState, key: str) -> tuple[np.ndarray, str, str]:
+        """The array a panel shows, its units and a note: a map the state lacks (a q-ROI
+        snapshot carries only some) is blank (NaN), with a note saying so."""
+        name = f"fwhm_q{'xyz'[self.fwhm_axis]}" if key == "fwhm" else key
+        if name in state.arrays:
+            return state.arrays[name], state.units(name), ""
+        shape = state.shape + ((3,) if key == "misorientation" else ())
+        source = state.header.get("map_source", "this snapshot")
+        return np.full(shape, np.nan), state.units(name), f"not in {source}"
 
     def show_state(self, state: MapState) -> None:
         """Draw a new snapshot into the existing panels."""
         for key, panel in self.panels.items():
-            data, units = self.map_data(state, key)
-            panel.show_map(data, state, units)
+            data, units, note = self.map_data(state, key)
+            panel.show_map(data, state, units, note)
         first = next(iter(self.panels.values()))
         if first.new_geometry:                      # a new scan: show all of it, once
             for panel in self.panels.values():
@@ -389,6 +377,11 @@ class MapGrid(pg.GraphicsLayoutWidget):
         """Outline pixel (row, col) in every panel."""
         for panel in self.panels.values():
             panel.mark(row, col)
+
+    def highlight(self, region: np.ndarray | None) -> None:
+        """Veil every panel but ``region`` (bool map: a particle); None lifts the veil."""
+        for panel in self.panels.values():
+            panel.highlight.show_region(region)
 
     def rescale(self) -> None:
         """Automatic colour levels in every panel."""

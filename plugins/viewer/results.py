@@ -20,6 +20,7 @@ from PySide6.QtCore import QObject, Signal
 
 from sxdm_stream.errors import IncompatibleFileError, SxdmError
 from sxdm_stream.hdf5 import read_configuration, read_maps
+from sxdm_stream.hdf5_analysis import read_drift, read_particles, read_roi_maps, read_roi_suggestion
 from sxdm_stream.maps import MAP_FIELDS
 from sxdm_stream.publish import FORMAT, VERSION, Snapshot
 
@@ -35,7 +36,8 @@ def read_snapshot(path: str | os.PathLike) -> Snapshot:
     FileNotFoundError : no such file.
     """
     arrays = read_maps(path)
-    scan = read_configuration(path).get("scan", {})
+    config = read_configuration(path)
+    scan = config.get("scan", {})
     with h5py.File(path, "r") as f:
         attrs = {k: _attr(v) for k, v in f["entry"].attrs.items()}
         process = f["entry/process"]
@@ -54,7 +56,45 @@ def read_snapshot(path: str | os.PathLike) -> Snapshot:
               "status": attrs.get("status", "complete"), "scan": scan, "stats": stats,
               "d_ref": d_ref, "units": {n: u for n, (u, _t) in MAP_FIELDS.items()},
               "operando": _json(attrs.get("operando")) or {}}
-    return Snapshot(header, arrays)
+    order = [roi.get("name") for roi in (config.get("settings") or {}).get("q_rois") or ()]
+    analysis_header, analysis_arrays = read_analysis(path, order)
+    return Snapshot({**header, **analysis_header}, {**arrays, **analysis_arrays})
+
+
+def read_analysis(path: str | os.PathLike, order: list | tuple = ()
+                  ) -> tuple[dict, dict[str, np.ndarray]]:
+    """The particles, drift, q-ROIs and ROI suggestion of a results file, as the header fields
+    and arrays of a live snapshot (``particle_labels``, ``roi.<name>.<map>``: every map a file
+    holds for a ROI, where a snapshot carries only intensity, d, strain, tilt and mask).
+    q-ROIs come in the configuration's ``order`` (HDF5 sorts groups by name), others after."""
+    header, arrays = {}, {}
+    with h5py.File(path, "r") as f:
+        entry = f["entry"]
+        if "particle_labels" in entry:
+            arrays["particle_labels"] = entry["particle_labels/particle_labels"][()]
+        has_particles, has_rois = "particles" in entry, "q_rois" in entry
+        q_rois = {name: {**(_json(_attr(group.attrs.get("roi"))) or {"name": name}),
+                         "d_ref": float(group.attrs.get("d_ref", np.nan))}
+                  for name, group in entry["q_rois"].items()} if has_rois else {}
+    if has_particles:
+        records = read_particles(path)
+        header["particles"] = [{name: _attr(row[name]) for name in records.dtype.names}
+                               for row in records]
+    drift = read_drift(path)
+    if drift is not None:
+        header["drift"] = {key: value.tolist() if isinstance(value, np.ndarray) else value
+                           for key, value in drift.items()}
+    if q_rois:
+        rank = {name: k for k, name in enumerate(order)}
+        header["q_rois"] = dict(sorted(q_rois.items(), key=lambda kv: (rank.get(kv[0], len(rank)),
+                                                                        kv[0])))
+        for name, maps in read_roi_maps(path).items():
+            arrays.update({f"roi.{name}.{key}": a for key, a in maps.items()
+                           if key != "intensity_per_angle"})
+    suggestion = read_roi_suggestion(path)
+    if suggestion is not None:
+        header["roi_suggestion"] = suggestion
+    return header, arrays
 
 
 def read_pixel(path: str | os.PathLike, point: int) -> Snapshot:

@@ -1,5 +1,5 @@
-"""The main window: map panels on the left; pixel inspector, distributions and operando plots
-in tabs on the right; the connection banner on top and the processing status below.
+"""The main window: map panels on the left; pixel inspector, distributions, operando plots and
+the analysis (particles, drift, q-ROIs) in tabs on the right; the connection banner on top and the processing status below.
 
 A timer at ``refresh_hz`` is the only thing that moves data into the UI: each tick takes what
 the source delivered since the last one (the newest snapshot, and any completed maps) and hands
@@ -19,10 +19,12 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
+from . import derived
+from .analysis import AnalysisPanel
 from .distributions import Distributions
 from .export import export_tiffs
 from .inspector import PixelInspector, format_value
-from .model import ViewerModel
+from .model import ALL_Q, MapState, ViewerModel
 from .operando import OperandoPanel
 from .panels import MapGrid
 from .status import ConnectionBanner, StatusPanel
@@ -63,6 +65,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.inspector = PixelInspector(self.model, pixels)
         self.distributions = Distributions(self.model)
         self.operando = OperandoPanel(self.model)
+        self.analysis = AnalysisPanel(self.model)
         self.banner = ConnectionBanner()
         self.status_panel = StatusPanel(source.describe())
         self.tabs = QtWidgets.QTabWidget()
@@ -82,6 +85,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.tabs.addTab(self.inspector, "Pixel")
         self.tabs.addTab(self.distributions, "Distributions")
         self.tabs.addTab(self.operando, "Operando")
+        self.tabs.addTab(self.analysis, "Analysis")
         splitter = QtWidgets.QSplitter(QtCore.Qt.Orientation.Horizontal)
         splitter.addWidget(self.maps)
         splitter.addWidget(self.tabs)
@@ -116,11 +120,22 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.fwhm_choice.setCurrentIndex(self.maps.fwhm_axis)
         self.fwhm_choice.activated.connect(self._fwhm_chosen_by_hand)
         bar.addWidget(self.fwhm_choice)
+        bar.addSeparator()
+        bar.addWidget(QtWidgets.QLabel(" maps of "))
+        self.source_choice = QtWidgets.QComboBox()
+        self.source_choice.setToolTip("the whole detector (all q) or one q-space ROI")
+        self.source_choice.addItem(ALL_Q)
+        self.source_choice.setSizeAdjustPolicy(
+            QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.source_choice.textActivated.connect(self.model.select_map_source)
+        bar.addWidget(self.source_choice)
 
     def _connect(self) -> None:
         self.model.mapsChanged.connect(self._draw_maps)
         self.model.connectionChanged.connect(self.banner.show_connection)
         self.model.pixelSelected.connect(self.maps.mark)
+        self.model.mapSourceChanged.connect(self._map_source_changed)
+        self.model.particleSelected.connect(self._highlight_particle)
         self.maps.pixelClicked.connect(self._pixel_clicked)
         self.maps.pixelHovered.connect(self._pixel_hovered)
 
@@ -159,10 +174,45 @@ class ViewerWindow(QtWidgets.QMainWindow):
         t0 = time.perf_counter()
         if not self._fwhm_chosen:
             self._follow_mean_direction(state.header.get("mean_direction"))
-        self.maps.show_state(state)
+        self._follow_roi_names(state)
+        self.maps.show_state(self.shown_state())
         self.maps.mark(*(self.model.selected or (None, None)))
+        if self.model.particle is not None:
+            self.maps.highlight(derived.particle_region(state, self.model.particle))
         self.status_panel.show_state(state)
         self.draw_times.append(time.perf_counter() - t0)
+
+    def shown_state(self) -> MapState:
+        """The maps the panels show: the whole detector's, or the selected q-ROI's."""
+        state = self.model.state
+        if self.model.map_source not in derived.roi_names(state):
+            return state
+        return derived.roi_state(state, self.model.map_source)
+
+    def _follow_roi_names(self, state: MapState) -> None:
+        """Offer the q-ROIs of the snapshot; a ROI that is gone falls back to all of q."""
+        names = [ALL_Q] + derived.roi_names(state)
+        offered = [self.source_choice.itemText(i) for i in range(self.source_choice.count())]
+        if names == offered:
+            return
+        self.source_choice.blockSignals(True)
+        self.source_choice.clear()
+        self.source_choice.addItems(names)
+        self.source_choice.blockSignals(False)
+        if self.model.map_source not in names:
+            self.model.map_source = ALL_Q               # redrawn by the caller
+        self.source_choice.setCurrentText(self.model.map_source)
+
+    def _map_source_changed(self, name: str) -> None:
+        if self.source_choice.currentText() != name:
+            self.source_choice.setCurrentText(name)
+        self.maps.rescale()                             # other maps: their own colour range
+        if self.model.state is not None:
+            self._draw_maps()
+
+    def _highlight_particle(self, label) -> None:
+        state = self.model.state
+        self.maps.highlight(None if state is None else derived.particle_region(state, label))
 
     def _follow_mean_direction(self, direction) -> None:
         """FWHM along the q axis closest to the mean scattering vector (the radial width)."""
