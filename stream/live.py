@@ -34,106 +34,35 @@ import queue
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import zmq
 
-from .accumulate import AccumulationSettings, ScanSetup
-from .analysis import AnalysisSettings, ScanAnalysis, analyse
-from .checkpoint import checkpoint_path, read_checkpoint, write_checkpoint
+from .analysis import ScanAnalysis, analyse
+from .checkpoint import checkpoint_path, read_checkpoint
 from .dectris import Decoder
-from .drift import DriftSettings, drift_for_scan, format_drift
+from .drift import drift_for_scan, format_drift
 from .errors import BadMessageError, ConfigError, SxdmError
-from .geometry import Geometry, geometry_from_description
-from .hdf5 import write_results
 from .join import HeldFrames, PlanBook, correlation_id_of, describes_scan
-from .maps import DEFAULT_MASK_FRACTION, MapSet, map_arrays
+from .live_report import analysis_arrays, analysis_header, format_status
+from .live_settings import LiveSettings, ScanOverride, setup_for_series
+from .live_writer import ResultsWriter, SeriesResult
+from .maps import MapSet
 from .messages import ImageFrame, PlanEnd, PlanStart, PointPositions, SeriesEnd, SeriesStart
 from .operando import OperandoRecord, operando_channels, operando_record
-from .particles import ParticleSettings, format_particles
+from .particles import format_particles
 from .pipeline import ScanProcessor
-from .roi_suggest import format_roi_suggestion
 from .publish import (SnapshotPublisher, decode_pixel_request, encode_operando_record,
                       encode_pixel_error, encode_pixel_reply, encode_snapshot)
-from .scan import ScanDescription
+from .roi_suggest import format_roi_suggestion
 from .timeseries import OperandoSeriesFile
 
+#: the names other modules import from here (the settings and results live beside)
+__all__ = ["LiveProcessor", "LiveSettings", "ScanOverride", "SeriesResult", "format_status",
+           "setup_for_series", "analysis_header", "analysis_arrays"]
+
 log = logging.getLogger(__name__)
-
-POLICIES = ("block", "drop")
-
-
-@dataclass(frozen=True)
-class LiveSettings:
-    """How the live processor runs. ``snapshot_hz`` bounds the snapshot rate; snapshots also
-    never take more than ~20% of the worker's time (the interval grows on big maps).
-    ``hold_frames`` bounds the frames kept waiting for positions from the control system
-    (each a full detector frame: 512 Maxipix frames are 0.5 GB); ``join_timeout_s`` is how
-    long a series ended by the detector waits for its run's remaining positions."""
-
-    accumulation: AccumulationSettings = field(default_factory=AccumulationSettings)
-    mask_fraction: float = DEFAULT_MASK_FRACTION
-    d_ref: float | None = None
-    policy: str = "block"
-    queue_size: int = 256
-    snapshot_hz: float = 10.0
-    checkpoints: bool = True
-    hold_frames: int = 512
-    join_timeout_s: float = 10.0
-    keep_results: int = 16
-    particles: ParticleSettings = field(default_factory=ParticleSettings)
-    drift: DriftSettings = field(default_factory=DriftSettings)
-    fits: bool = False
-
-    @classmethod
-    def from_config(cls, config, **overrides) -> "LiveSettings":
-        """The settings a :class:`sxdm_stream.config.Config` asks for (accumulation, maps,
-        drift, particles, fits); ``overrides`` (policy, checkpoints...) win."""
-        values = dict(accumulation=config.accumulation, mask_fraction=config.maps.mask_fraction,
-                      d_ref=config.maps.d_ref_a or None, drift=config.drift,
-                      particles=config.particles, fits=config.fits.enabled)
-        return cls(**{**values, **overrides})
-
-    @property
-    def analysis(self) -> AnalysisSettings:
-        """What is derived from the sums at each snapshot and write."""
-        return AnalysisSettings(self.mask_fraction, self.d_ref, self.drift, self.particles,
-                                self.fits)
-
-    def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ConfigError(f"back-pressure policy {self.policy!r} is not one of {POLICIES}")
-        if self.queue_size < 1 or self.snapshot_hz <= 0 or self.hold_frames < 1:
-            raise ConfigError("queue_size, snapshot_hz and hold_frames must be positive")
-        if self.join_timeout_s < 0:
-            raise ConfigError("join_timeout_s must not be negative")
-        if self.keep_results < 1:
-            raise ConfigError("keep_results must be at least 1")
-
-
-@dataclass(frozen=True)
-class ScanOverride:
-    """Scan and geometry given by the user (``--scan-file``) for detectors that send none."""
-
-    scan: ScanDescription
-    geometry: Geometry
-
-
-@dataclass
-class SeriesResult:
-    """The final maps of one series, with what identifies it."""
-
-    series_id: int
-    series_unique_id: str | None
-    path: Path | None
-    maps: MapSet
-    complete: bool
-    scan: ScanDescription | None = None
-    correlation_id: str | None = None
-    frames: dict = field(default_factory=dict)   # received, processed, rejected, dropped
-    analysis: ScanAnalysis | None = None         # drift, particles, q-ROI maps, suggestion, fits
 
 
 class ReceiverCounters:
@@ -189,7 +118,6 @@ class LiveProcessor:
             self._service.bind(serve)
         self.serve_endpoint = self._service.getsockopt_string(zmq.LAST_ENDPOINT) if serve else None
         self._frames: queue.Queue = queue.Queue(self.settings.queue_size)
-        self._writes: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._done = threading.Event()
         self.receiver = ReceiverCounters()
@@ -212,7 +140,6 @@ class LiveProcessor:
         self._angles_written = 0
         self._started = time.perf_counter()
         self._threads: list[threading.Thread] = []
-        self.write_errors = 0
         self._processed_before = 0
         self._first_image_s: float | None = None
         self._finished: tuple = (None, None)
@@ -226,6 +153,7 @@ class LiveProcessor:
         self.placed_by_index = 0
         self.snapshot_errors = 0
         self._result_callbacks: list = []
+        self.writer = ResultsWriter(self.settings, self.operando, self._record_result)
         if resume:
             self._resume()
 
@@ -337,7 +265,7 @@ class LiveProcessor:
                 self._answer_requests()
             self._finish_series(complete=False)
         finally:
-            self._writes.put(None)
+            self.writer.close()
             if self._service is not None:
                 self._service.close()
 
@@ -463,7 +391,8 @@ class LiveProcessor:
             self.placed_by_index += 1
             self._report("placed_by_index", f"image {image.image_id}: no positions from run "
                          f"{self._plan.run_uid}; placed by its index")
-        if self.processor.add(image.image_id, image.data, monitor=image.monitor, positions=positions):
+        if self.processor.add(image.image_id, image.data, monitor=image.monitor,
+                              positions=positions):
             self._pending_received.append(image.received_s)
         if self.processor.angles_done > self._angles_written:
             self._angles_written = self.processor.angles_done
@@ -555,9 +484,7 @@ class LiveProcessor:
             self._stop.set()
 
     def _completed(self) -> int:
-        return self._complete_count + sum(
-            1 for job in list(self._writes.queue) if job is not None and job.get("last")
-            and job["complete"])
+        return self._complete_count + self.writer.pending_complete()
 
     def _add_operando_record(self) -> None:
         """The record of the series just completed: published now, written by the writer."""
@@ -570,8 +497,7 @@ class LiveProcessor:
         self.last_record = record
         if self._publisher is not None:
             self._publisher.send(encode_operando_record(record.to_json()))
-        if self.operando is not None:
-            self._writes.put({"operando": record})
+        self.writer.add_record(record)
 
     def _reject(self, reason: str, message: str) -> None:
         self.rejected[reason] += 1
@@ -650,17 +576,8 @@ class LiveProcessor:
     def _schedule_write(self, complete: bool, last: bool = False) -> None:
         if self.out is None and not last:
             return
-        if not last and self._writes.qsize() > 0:
-            return                                # the writer is behind: the next angle will do
-        p = self.processor
-        copy = ScanProcessor(p.setup, p.mask_fraction, p.d_ref)
-        copy.accumulator = p.accumulator.copy()
-        copy.included = p.included.copy()
-        copy.counters.received, copy.counters.processed = p.counters.received, p.counters.processed
-        copy.counters.rejected = Counter(p.counters.rejected)
-        copy.angles_done = p.angles_done
-        self._writes.put({"processor": copy, "series": self.series, "complete": complete,
-                          "last": last, "path": self._results_path(), "stats": self.status()})
+        self.writer.schedule(self.processor, self.series, complete, last, self._results_path(),
+                             self.status())
 
     def _results_path(self) -> Path | None:
         if self.out is None:
@@ -672,81 +589,26 @@ class LiveProcessor:
         return self.out.with_name(f"{self.out.stem}_{self.series.series_id}{self.out.suffix}")
 
     def _write_loop(self) -> None:
-        while True:
-            job = self._writes.get()
-            if job is None:
-                break
-            if "operando" in job:
-                self._append_operando(job["operando"])
-                continue
-            analysis = None
-            try:
-                analysis = self._analyse(job)
-            except Exception:                     # a bug in the analysis: the maps still go out
-                self.write_errors += 1
-                log.exception("could not analyse series %s; writing its maps without drift, "
-                              "particles, q-ROIs or fits", job["series"].series_id)
-            try:
-                self._write(job, analysis)
-            except (OSError, SxdmError) as exc:
-                self.write_errors += 1
-                log.error("could not write results: %s", exc)
-            if job["last"]:
-                self._record_result(job, analysis)
-        self._done.set()
-
-    def _analyse(self, job: dict) -> ScanAnalysis | None:
-        if job["path"] is None and not job["last"]:
-            return None
-        p = job["processor"]
-        final = job["last"] and job["complete"]
-        return analyse(p.accumulator, self.settings.analysis,
-                       angles_done=None if final else p.angles_done, final=final)
-
-    def _write(self, job: dict, analysis: ScanAnalysis | None) -> None:
-        path, p, series = job["path"], job["processor"], job["series"]
-        if path is None:
-            return
-        status = "complete" if job["complete"] else ("incomplete" if job["last"] else "running")
-        stats = job["stats"]
-        attrs = {"status": status, "series_id": series.series_id,
-                 "series_unique_id": series.series_unique_id or "",
-                 "frames_received": p.counters.received, "frames_processed": p.counters.processed,
-                 "frames_rejected": p.counters.n_rejected, "frames_dropped": stats["dropped"]}
-        maps = analysis.maps if analysis is not None else p.maps()
-        write_results(path, maps, p.setup, p.accumulator, extra_attrs=attrs,
-                      hits=p.setup.hits() if p.setup.keep_histogram and job["last"] else None,
-                      analysis=analysis)
-        ckpt = checkpoint_path(path)
-        if job["complete"]:
-            ckpt.unlink(missing_ok=True)          # the results file now holds everything
-        elif self.settings.checkpoints:
-            write_checkpoint(ckpt, p, series.series_id, series.series_unique_id)
-
-    def _append_operando(self, record: OperandoRecord) -> None:
         try:
-            self.operando.append(record)
-        except (OSError, SxdmError) as exc:
-            self.write_errors += 1
-            log.error("could not add series %s to the operando series %s: %s",
-                      record.series_id, self.operando.path, exc)
+            self.writer.run()
+        finally:
+            self._done.set()
 
-    def _record_result(self, job: dict, analysis: ScanAnalysis | None) -> None:
-        p, series = job["processor"], job["series"]
-        frames = {"received": p.counters.received, "processed": p.counters.processed,
-                  "rejected": p.counters.n_rejected, "dropped": job["stats"]["dropped"]}
-        maps = analysis.maps if analysis is not None else p.maps()
-        result = SeriesResult(series.series_id, series.series_unique_id, job["path"], maps,
-                              job["complete"], p.setup.scan, correlation_id_of(series.sxdm), frames,
-                              analysis)
+    @property
+    def write_errors(self) -> int:
+        """Results, checkpoint and operando writes (or analyses) that failed."""
+        return self.writer.errors
+
+    def _record_result(self, result: SeriesResult) -> None:
+        """A finished series (writer thread): keep it, tell the callbacks, stop if enough."""
         self.results.append(result)
         self._complete_count += int(result.complete)
         for callback in self._result_callbacks:
             try:
                 callback(result)
             except Exception:                      # a sink's bug must not stop the processor
-                log.exception("result callback %r failed for series %s", callback, series.series_id)
-        if job["complete"] and self.max_series is not None and \
+                log.exception("result callback %r failed for series %s", callback, result.series_id)
+        if result.complete and self.max_series is not None and \
                 self._complete_count >= self.max_series:
             self._stop.set()
 
@@ -791,73 +653,3 @@ class LiveProcessor:
             "held": len(self._held), "placed_by_index": self.placed_by_index,
             "completed": self._complete_count,
         }
-
-
-
-def setup_for_series(start: SeriesStart, settings: AccumulationSettings,
-                     override: ScanOverride | None, plan_block=None) -> ScanSetup:
-    """The scan set-up of a series: from ``override`` if given, else from the start message's
-    sxdm block, else from the joined run's block (``plan_block``); the detector's pixel mask
-    is used unless the geometry brings its own."""
-    if override is not None:
-        geometry, scan = override.geometry, override.scan
-        if geometry.detector.mask is None and start.pixel_mask is not None:
-            from dataclasses import replace
-            geometry = Geometry(replace(geometry.detector, mask=start.pixel_mask),
-                                geometry.energy_ev, geometry.diffractometer)
-    else:
-        block = start.sxdm if describes_scan(start.sxdm) else plan_block
-        if not describes_scan(block):
-            raise BadMessageError(
-                f"series {start.series_id} carries no scan description (user_data 'sxdm' block) "
-                "and none was given with --scan-file", "no_scan_description")
-        scan = ScanDescription.from_description(block["scan"])
-        geometry = geometry_from_description(block["geometry"], start.pixel_mask)
-    if start.image_shape is not None and tuple(start.image_shape) != tuple(geometry.detector.shape):
-        raise BadMessageError(f"the detector sends {start.image_shape} images, the geometry "
-                              f"expects {geometry.detector.shape}", "size_mismatch")
-    if start.number_of_images not in (None, scan.n_frames):
-        log.warning("the detector announces %s images, the scan has %d frames",
-                    start.number_of_images, scan.n_frames)
-    return ScanSetup(geometry, scan, settings)
-
-
-def format_status(status: dict) -> str:
-    """One progress line from :meth:`LiveProcessor.status`."""
-    progress = status.get("progress")
-    where = (f"series {status['series_id']}: {progress[0]}/{progress[1]} frames "
-             f"({100.0 * progress[0] / max(progress[1], 1):.0f}%)" if progress else "waiting for a series")
-    lat = status.get("latency_p99_s")
-    rejected = sum(status["rejected"].values())
-    return (f"{where} | {status['frames_per_s']:.0f} frames/s | processed {status['processed']} "
-            f"| rejected {rejected}{' ' + str(status['rejected']) if rejected else ''} "
-            f"| dropped {status['dropped']} | queued {status['queued']}"
-            + (f" | latency p99 {1000 * lat:.0f} ms" if lat is not None else "")
-            + (f" | waiting for positions {status['held']}" if status.get("held") else ""))
-
-
-#: the q-ROI maps a snapshot carries (as ``roi.<name>.<map>``)
-SNAPSHOT_ROI_MAPS = ("intensity", "d_spacing", "strain", "tilt_altitude", "mask")
-
-
-def analysis_header(analysis: ScanAnalysis) -> dict:
-    """The snapshot header fields of an analysis (JSON-able)."""
-    header = {"particles": analysis.particles.to_records(),
-              "q_rois": {roi.name: {**roi.describe(), "d_ref": analysis.roi_maps[roi.name].d_ref}
-                         for roi in analysis.rois}}
-    if analysis.drift is not None:
-        header["drift"] = analysis.drift.to_dict()
-    if analysis.roi_suggestion is not None:
-        header["roi_suggestion"] = analysis.roi_suggestion.describe()
-    return header
-
-
-def analysis_arrays(analysis: ScanAnalysis) -> dict[str, np.ndarray]:
-    """The snapshot arrays of an analysis: particle labels and the main q-ROI maps."""
-    arrays = {"particle_labels": np.asarray(analysis.particles.labels, np.int32)}
-    for name, maps in analysis.roi_maps.items():
-        values = map_arrays(maps)
-        for field_name in SNAPSHOT_ROI_MAPS:
-            value = values[field_name]
-            arrays[f"roi.{name}.{field_name}"] = value.astype(np.uint8) if field_name == "mask" else value
-    return arrays

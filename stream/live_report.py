@@ -1,0 +1,50 @@
+"""What the live processor says about its state: the status line, and the analysis fields
+and arrays its snapshots carry (see :mod:`sxdm_stream.publish`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .analysis import ScanAnalysis
+from .maps import map_arrays
+
+
+def format_status(status: dict) -> str:
+    """One progress line from :meth:`LiveProcessor.status`."""
+    progress = status.get("progress")
+    where = (f"series {status['series_id']}: {progress[0]}/{progress[1]} frames "
+             f"({100.0 * progress[0] / max(progress[1], 1):.0f}%)" if progress else "waiting for a series")
+    lat = status.get("latency_p99_s")
+    rejected = sum(status["rejected"].values())
+    return (f"{where} | {status['frames_per_s']:.0f} frames/s | processed {status['processed']} "
+            f"| rejected {rejected}{' ' + str(status['rejected']) if rejected else ''} "
+            f"| dropped {status['dropped']} | queued {status['queued']}"
+            + (f" | latency p99 {1000 * lat:.0f} ms" if lat is not None else "")
+            + (f" | waiting for positions {status['held']}" if status.get("held") else ""))
+
+
+#: the q-ROI maps a snapshot carries (as ``roi.<name>.<map>``)
+SNAPSHOT_ROI_MAPS = ("intensity", "d_spacing", "strain", "tilt_altitude", "mask")
+
+
+def analysis_header(analysis: ScanAnalysis) -> dict:
+    """The snapshot header fields of an analysis (JSON-able)."""
+    header = {"particles": analysis.particles.to_records(),
+              "q_rois": {roi.name: {**roi.describe(), "d_ref": analysis.roi_maps[roi.name].d_ref}
+                         for roi in analysis.rois}}
+    if analysis.drift is not None:
+        header["drift"] = analysis.drift.to_dict()
+    if analysis.roi_suggestion is not None:
+        header["roi_suggestion"] = analysis.roi_suggestion.describe()
+    return header
+
+
+def analysis_arrays(analysis: ScanAnalysis) -> dict[str, np.ndarray]:
+    """The snapshot arrays of an analysis: particle labels and the main q-ROI maps."""
+    arrays = {"particle_labels": np.asarray(analysis.particles.labels, np.int32)}
+    for name, maps in analysis.roi_maps.items():
+        values = map_arrays(maps)
+        for field_name in SNAPSHOT_ROI_MAPS:
+            value = values[field_name]
+            arrays[f"roi.{name}.{field_name}"] = value.astype(np.uint8) if field_name == "mask" else value
+    return arrays
