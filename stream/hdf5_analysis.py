@@ -7,8 +7,9 @@ Written beside the maps by :func:`sxdm_stream.hdf5.write_results` when it is giv
                                             shifts_um (row, col), confident, correlation
     /entry/particles          NXcollection  one column per field of the particle table (units)
     /entry/particle_labels    NXdata        map of particle labels (0 = none)
-    /entry/q_rois             NXcollection  attrs rois (JSON); one NXcollection per ROI with
-                                            its maps as NXdata (the layout of /entry)
+    /entry/q_rois             NXcollection  one NXcollection per ROI (attributes ``roi``, its
+                                            description as JSON, and ``d_ref``) with its maps
+                                            as NXdata (the layout of /entry)
     /entry/roi_suggestion     text          JSON of the suggested q-ROIs (peaks, boxes, d)
     /entry/fits               NXcollection  NXdata per Gaussian-fit map (fit_qx, fit_fwhm_qx...)
 

@@ -474,7 +474,12 @@ class LiveProcessor:
             log.exception("could not derive the final snapshot of series %s", self.series.series_id)
         else:
             if complete:
-                self._add_operando_record()
+                try:
+                    self._add_operando_record()
+                except Exception:                 # the record is lost, the maps are not
+                    self.snapshot_errors += 1
+                    log.exception("could not make the operando record of series %s",
+                                  self.series.series_id)
         self._schedule_write(complete=complete, last=True)
         self._processed_before += self.processor.counters.processed
         self.rejected.update(self.processor.counters.rejected)

@@ -37,17 +37,18 @@ SUMMARY_FIELDS: dict[str, str] = {
 def operando_channels(block: Mapping | None) -> dict[str, tuple[float, str]]:
     """The electrochemistry channels of an ``sxdm`` block: name -> (value, units).
 
-    Entries that are not numbers are skipped (and logged at debug level).
+    Entries that are not finite numbers are skipped (and logged at debug level).
     """
     channels: dict[str, tuple[float, str]] = {}
     source = block.get("operando") if isinstance(block, Mapping) else None
     for name, entry in (source or {}).items() if isinstance(source, Mapping) else ():
         value, units = ((entry.get("value"), str(entry.get("units", "")))
                         if isinstance(entry, Mapping) else (entry, ""))
-        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+                and math.isfinite(value):
             channels[str(name)] = (float(value), units)
         else:
-            log.debug("operando channel %r is not a number: %r", name, entry)
+            log.debug("operando channel %r is not a finite number: %r", name, entry)
     return channels
 
 

@@ -138,6 +138,8 @@ def process_recording(reader: RecordingReader, out: str | Path | None = None,
     decoder, reported = Decoder(), set()
     t0 = time.perf_counter()
     live = LiveProcessor(None, out=out, settings=settings)
+    finished = []                                  # every series (live.results keeps the last few)
+    live.on_result(finished.append)
     with live:
         for _t, parts in reader.messages():
             try:
@@ -155,4 +157,4 @@ def process_recording(reader: RecordingReader, out: str | Path | None = None,
     status = live.status()
     if status["rejected"]:
         log.warning("%s: rejected %s", reader.path, status["rejected"])
-    return [FileResult(r.maps, None, r.path, status["processed"] / elapsed) for r in live.results]
+    return [FileResult(r.maps, None, r.path, status["processed"] / elapsed) for r in finished]

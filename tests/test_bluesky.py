@@ -256,3 +256,18 @@ def test_entry_points_let_bluesky_users_discover_the_plugin():
     assert found["StreamingSxdmDetector"] is plugin.StreamingSxdmDetector
     assert found["DerivedRunPublisher"] is DerivedRunPublisher
     assert {"sxdm_map_until_peak", "sim_sxdm_devices", "LiveFeedback", "listen"} <= set(found)
+
+
+def test_operando_channels_given_to_sxdm_map_reach_the_record(run_engine, live, tmp_path):
+    """md={"sxdm": {"operando": ...}} is merged into the plan's block (scan, geometry stay)."""
+    scenario = default_scenario(shape=(6, 6), n_angles=5)
+    devices = sim_sxdm_devices(scenario)
+    starts = []
+    run_engine.subscribe(SxdmCallback(live, pixel_mask=scenario.geometry.detector.mask))
+    run_engine.subscribe(lambda name, doc: starts.append(doc) if name == "start" else None)
+    channels = {"voltage": {"value": 4.05, "units": "V"}}
+    run_map(run_engine, devices, scenario, md={"sxdm": {"operando": channels}})
+    finished_maps(live)
+    block = starts[0]["sxdm"]
+    assert {"scan", "geometry", "correlation_id"} <= set(block) and block["operando"] == channels
+    assert live.last_record.channels == {"voltage": (4.05, "V")}

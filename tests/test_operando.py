@@ -188,3 +188,18 @@ def test_simulate_and_process_operando_from_the_command_line(tmp_path):
     voltage, units = series["electrochemistry"]["voltage"]
     assert units == "V" and np.all(np.diff(voltage) > 0)        # charging
     assert "particle(s)" in proc.stderr
+
+
+def test_a_nan_channel_is_skipped_and_never_stops_the_processor(tmp_path):
+    assert operando_channels({"operando": {"voltage": float("nan"), "current": 0.1}}) == \
+        {"current": (0.1, "")}
+    scan = next(operando_sequence(1, shape=(6, 6), n_angles=3))
+    scan = dataclasses.replace(scan, channels={"voltage": {"value": float("nan"), "units": "V"}})
+    live = LiveProcessor(None, publish="tcp://127.0.0.1:*", operando=tmp_path / "s.h5",
+                         settings=LiveSettings(checkpoints=False), max_series=1).start()
+    try:
+        submit_scan(live, scan, 1)
+        assert live.wait(60), live.status()
+    finally:
+        live.stop()
+    assert read_operando(tmp_path / "s.h5")["records"] == 1

@@ -47,7 +47,8 @@ def sxdm_map(detectors, slow_motor, slow_start, slow_stop, slow_num, fast_motor,
     correlation_id : joins the run to the detector's own stream; a fresh uuid when None.
         Written to every detector with a ``correlation_id`` signal before it is staged (a
         streaming detector puts it in its series start).
-    md : extra metadata; keys given here win.
+    md : extra metadata; keys given here win, but an ``"sxdm"`` dict is merged into the plan's
+        block (e.g. ``md={"sxdm": {"operando": {"voltage": {"value": 4.1, "units": "V"}}}}``).
 
     Yields
     ------
@@ -78,7 +79,10 @@ def sxdm_map(detectors, slow_motor, slow_start, slow_stop, slow_num, fast_motor,
                   "dimensions": [([slow_motor.name], "primary"), ([fast_motor.name], "primary")]},
         "sxdm": sxdm_block(geometry, scan, correlation_id=correlation_id),
     }
-    _md.update(md or {})
+    extra = dict(md or {})
+    if isinstance(extra.get("sxdm"), dict):       # add to our block (e.g. "operando"), keep it
+        _md["sxdm"] = {**_md["sxdm"], **extra.pop("sxdm")}
+    _md.update(extra)
     return (yield from bp.list_grid_scan(
         list(detectors), rocking_motor, angles, slow_motor, slow, fast_motor, fast,
         snake_axes=[fast_motor] if snake else False, md=_md))
