@@ -28,13 +28,28 @@ from .scenarios import Scenario
 
 #: XSOCS reads piezo positions from these counters (``xsocs.io.XsocsH5.MOTORCOLS``)
 XSOCS_MOTOR_COUNTERS = {"pix": "adcY", "piy": "adcX", "piz": "adcZ"}
-_GZIP = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+#: how the frames are compressed in the files: gzip (as h5py writes by default), bitshuffle-LZ4
+#: (Eiger and Lima at ESRF; needs hdf5plugin to read) or none
+FRAME_COMPRESSIONS = ("gzip", "bslz4", "none")
 
 
-def _write_frames(group: h5py.Group, name: str, scenario: Scenario, angle: int) -> h5py.Dataset:
+def _compression(name: str) -> dict:
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+    if name == "bslz4":
+        import hdf5plugin
+        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
+    if name == "none":
+        return {}
+    raise ValueError(f"frame compression {name!r} is not one of {FRAME_COMPRESSIONS}")
+
+
+def _write_frames(group: h5py.Group, name: str, scenario: Scenario, angle: int,
+                  compression: str = "gzip") -> h5py.Dataset:
     """The frames of one rocking angle, (n_points, rows, cols) uint32, written one by one."""
     shape = (scenario.scan.n_points,) + tuple(scenario.geometry.detector.shape)
-    ds = group.create_dataset(name, shape=shape, dtype=np.uint32, chunks=(1,) + shape[1:], **_GZIP)
+    ds = group.create_dataset(name, shape=shape, dtype=np.uint32, chunks=(1,) + shape[1:],
+                              **_compression(compression))
     buf = np.zeros(shape[1:], np.uint32)
     for point in range(shape[0]):
         buf[...] = 0
@@ -64,7 +79,7 @@ def _title(scenario: Scenario, expo_s: float, bliss: bool) -> str:
 
 def write_id01_scan_set(scenario: Scenario, directory, name: str = "sample_0001",
                         detector: str = "mpx1x4", expo_s: float = 0.01, jitter: float = 0.02,
-                        first_scan: int = 1, seed: int = 0) -> Path:
+                        first_scan: int = 1, seed: int = 0, compression: str = "gzip") -> Path:
     """Write ``scenario`` as an ID01 BLISS scan set; returns the master file's path.
 
     Parameters
@@ -76,6 +91,7 @@ def write_id01_scan_set(scenario: Scenario, directory, name: str = "sample_0001"
     expo_s : exposure time per frame, in the scan command.
     jitter : measured positions deviate from the grid by up to this fraction of a step.
     first_scan : number of the first scan (``<n>.1``).
+    compression : of the Lima image files, one of :data:`FRAME_COMPRESSIONS`.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -88,7 +104,8 @@ def write_id01_scan_set(scenario: Scenario, directory, name: str = "sample_0001"
         for angle in range(scan.n_angles):
             number = first_scan + angle
             lima = Path(f"scan{number:04d}") / f"{detector}_0000.h5"
-            shape, dtype = _write_lima_file(directory / lima, detector, scenario, angle)
+            shape, dtype = _write_lima_file(directory / lima, detector, scenario, angle,
+                                            compression)
             entry = f.create_group(f"{number}.1")
             entry.attrs["NX_class"] = "NXentry"
             entry["title"] = _title(scenario, expo_s, bliss=True)
@@ -123,11 +140,13 @@ def write_id01_scan_set(scenario: Scenario, directory, name: str = "sample_0001"
     return master
 
 
-def _write_lima_file(path: Path, detector: str, scenario: Scenario, angle: int) -> tuple:
+def _write_lima_file(path: Path, detector: str, scenario: Scenario, angle: int,
+                     compression: str = "gzip") -> tuple:
     """A Lima file of one scan's frames; returns the frames' (shape, dtype)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
-        ds = _write_frames(f, f"entry_0000/instrument/{detector}/data", scenario, angle)
+        ds = _write_frames(f, f"entry_0000/instrument/{detector}/data", scenario, angle,
+                           compression)
         return ds.shape, ds.dtype
 
 

@@ -367,6 +367,17 @@ def _native(array: np.ndarray) -> np.ndarray:
     return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
 
 
+def bslz4_array_tag(shape, dtype, payload: bytes) -> CBORTag:
+    """The DECTRIS image tag of bytes already bitshuffle-LZ4 compressed with the 12-byte
+    header (as the HDF5 bitshuffle filter stores a chunk: replay sends such chunks as read)."""
+    dtype = np.dtype(dtype)
+    tag = _TAG_OF_DTYPE.get(dtype.str[1:])
+    if len(shape) != 2 or tag is None:
+        raise ValueError(f"cannot send a {len(shape)}-D {dtype} array as a DECTRIS image")
+    return CBORTag(ROW_MAJOR_TAG, [list(shape), CBORTag(tag, CBORTag(
+        COMPRESSION_TAG, ["bslz4", dtype.itemsize, bytes(payload)]))])
+
+
 def encode_array(data: np.ndarray, compression: str | None = "bslz4") -> CBORTag:
     """Encode a 2D array as DECTRIS does: ``Tag40([[rows, cols], typed array])``.
 
@@ -387,7 +398,7 @@ def encode_array(data: np.ndarray, compression: str | None = "bslz4") -> CBORTag
         raise ValueError(f"cannot send a {data.ndim}-D {data.dtype} array as a DECTRIS image")
     little = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))
     if compression == "bslz4":
-        payload = CBORTag(COMPRESSION_TAG, ["bslz4", little.itemsize, compress_bslz4(little)])
+        return bslz4_array_tag(data.shape, data.dtype, compress_bslz4(little))
     elif compression == "lz4":
         payload = CBORTag(COMPRESSION_TAG, ["lz4", 0, compress_lz4_hdf5(
             little.reshape(-1).view(np.uint8))])

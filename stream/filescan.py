@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import h5py
+from h5py import h5s
 import numpy as np
 
 from .errors import ConfigError, IncompatibleFileError
@@ -116,6 +117,7 @@ class FrameReader:
     def __init__(self, file_scan: FileScan) -> None:
         self.file_scan = file_scan
         self._files: dict[Path, h5py.File] = {}
+        self._vds_maps: dict[tuple, list | None] = {}
 
     def close(self) -> None:
         for f in self._files.values():
@@ -139,6 +141,62 @@ class FrameReader:
                 f"cannot read frames {start}..{stop} of {entry.path}:{entry.dataset}: {exc}"
             ) from None
 
+    def read_bslz4(self, angle_index: int, start: int, stop: int) -> list[bytes] | None:
+        """The frames ``start`` to ``stop`` as their bitshuffle-LZ4 chunks, read without
+        decompressing (``read_direct_chunk``, through a virtual dataset to its sources);
+        None when the frames are not stored one per chunk with that filter."""
+        entry = self.file_scan.entries[angle_index]
+        out = []
+        for index in range(start, stop):
+            located = self._chunk_source(entry, index)
+            if located is None:
+                return None
+            source, source_index = located
+            mask, chunk = source.id.read_direct_chunk((source_index, 0, 0))
+            if mask:                             # the filter was skipped for this chunk
+                return None
+            out.append(chunk)
+        return out
+
+    def _chunk_source(self, entry: FileEntry, index: int):
+        """(dataset holding frame ``index`` as a bslz4 chunk, its index there) or None."""
+        key = (entry.path, entry.dataset)
+        if key not in self._vds_maps:
+            self._vds_maps[key] = self._virtual_map(entry)
+        mapping = self._vds_maps[key]
+        if mapping is None:
+            return None
+        for v0, v1, path, name, s0 in mapping:
+            if v0 <= index <= v1:
+                f = self._files.get(path)
+                if f is None:
+                    f = self._files[path] = open_hdf5(path)
+                dataset = f[name]
+                return (dataset, s0 + index - v0) if _one_bslz4_frame_per_chunk(dataset) else None
+        return None
+
+    def _virtual_map(self, entry: FileEntry) -> list | None:
+        """[(first, last frame, file, dataset, first source frame)] of an entry's frames:
+        the sources of a virtual dataset, or the dataset itself."""
+        dataset = self._dataset(entry)
+        if not dataset.is_virtual:
+            return [(0, len(dataset) - 1, entry.path, dataset.name, 0)]
+        try:
+            plist = dataset.id.get_create_plist()
+            mapping = []
+            for j in range(plist.get_virtual_count()):
+                vspace, source = plist.get_virtual_vspace(j), plist.get_virtual_srcspace(j)
+                (v0, *_), (v1, *_) = (((0,), (len(dataset) - 1,))
+                                      if vspace.get_select_type() == h5s.SEL_ALL
+                                      else vspace.get_select_bounds())
+                s0 = 0 if source.get_select_type() == h5s.SEL_ALL else source.get_select_bounds()[0][0]
+                name = plist.get_virtual_filename(j)
+                path = entry.path if name == "." else entry.path.parent / name
+                mapping.append((v0, v1, path, plist.get_virtual_dsetname(j), s0))
+            return mapping
+        except (ValueError, RuntimeError, OSError):   # an unusual mapping: decompress instead
+            return None
+
     def blocks(self, block_size: int = 64) -> Iterator[tuple[int, np.ndarray]]:
         """(first frame index, frames) in acquisition order."""
         scan = self.file_scan.scan
@@ -154,8 +212,23 @@ class FrameReader:
         return f[entry.dataset]
 
 
+def _one_bslz4_frame_per_chunk(dataset: h5py.Dataset) -> bool:
+    """True if every chunk of a (frames, rows, cols) dataset is one frame compressed by the
+    bitshuffle filter (HDF5 filter 32008) with LZ4 (its fifth parameter, 2) alone."""
+    filters, chunks = dataset._filters, dataset.chunks
+    return ("32008" in filters and len(filters) == 1 and chunks is not None
+            and dataset.ndim == 3 and chunks[0] == 1 and chunks[1:] == dataset.shape[1:]
+            and tuple(filters["32008"])[4:5] == (2,))
+
+
 def open_hdf5(path: str | os.PathLike) -> h5py.File:
-    """Open an HDF5 file for reading; IncompatibleFileError if it is not one."""
+    """Open an HDF5 file for reading; IncompatibleFileError if it is not one.
+
+    The compression filters of detector files (bitshuffle-LZ4 of Eiger and Lima, LZ4,
+    Blosc...) are registered with HDF5 by importing ``hdf5plugin`` here: without it such
+    frames cannot be read at all."""
+    import hdf5plugin  # noqa: F401  (registers the filters with HDF5)
+
     try:
         return h5py.File(path, "r")
     except OSError as exc:

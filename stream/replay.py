@@ -4,7 +4,9 @@ A recording (:mod:`sxdm_stream.recording`) is sent message by message exactly as
 received. A beamline file (:class:`sxdm_stream.filescan.FileScan`) is sent as one series: a
 start message describing the scan and geometry from the file's metadata (``user_data`` sxdm
 block), one image per frame with its measured positions and, when the file has the monitor
-counter asked for, its monitor in ``user_data``, and the end.
+counter asked for, its monitor in ``user_data``, and the end. Frames stored one per chunk
+with the bitshuffle-LZ4 filter (Eiger, Lima) are sent as read, never decompressed: the HDF5
+filter's chunk is the DECTRIS ``bslz4`` payload, as a real detector's file writer has it.
 
 The rate is ``1x`` (the acquisition's own pace: recorded arrival times, or the file's frame
 period), any factor (``10x``) or ``max`` (as fast as the receiver takes them; PUSH waits for
@@ -18,6 +20,9 @@ import threading
 import uuid
 from typing import Callable
 
+import numpy as np
+
+from .compression import bslz4_array_tag
 from .errors import ConfigError
 from .filescan import FileScan
 from .messages import SXDM_KEY, ImageFrame, SeriesEnd
@@ -77,18 +82,26 @@ def replay_file_scan(file_scan: FileScan, sender: StreamSender, speed: float | N
     if not sender.send_start(start, stop):
         return 0
     pacer, sent = Pacer(None if period is None else 1.0 / period), 0
+    passthrough = sender.fmt == "cbor" and sender.compression == "bslz4"
+    shape, dtype = file_scan.geometry.detector.shape, np.dtype(file_scan.image_dtype)
+    scan = file_scan.scan
     with file_scan.open() as reader:
-        for first, frames in reader.blocks(block_size):
-            for i, data in enumerate(frames):
-                index = first + i
-                pacer.wait_at(stop=stop)
-                image = ImageFrame(series_id, index, data, unique,
-                                   _image_user_data(file_scan, index))
-                if not sender.send_image(image, stop):
-                    return sent
-                sent += 1
-                if progress is not None:
-                    progress(1)
+        for angle in range(scan.n_angles):
+            for begin in range(0, scan.n_points, block_size):
+                end = min(begin + block_size, scan.n_points)
+                chunks = reader.read_bslz4(angle, begin, end) if passthrough else None
+                frames = reader.read(angle, begin, end) if chunks is None else chunks
+                for i, frame in enumerate(frames):
+                    index = angle * scan.n_points + begin + i
+                    pacer.wait_at(stop=stop)
+                    encoded = bslz4_array_tag(shape, dtype, frame) if chunks is not None else None
+                    image = ImageFrame(series_id, index, None if encoded is not None else frame,
+                                       unique, _image_user_data(file_scan, index))
+                    if not sender.send_image(image, stop, encoded=encoded):
+                        return sent
+                    sent += 1
+                    if progress is not None:
+                        progress(1)
     sender.send_end(SeriesEnd(series_id, unique), stop)
     return sent
 

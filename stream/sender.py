@@ -125,7 +125,12 @@ class StreamSender:
     def send_start(self, start: SeriesStart, stop: threading.Event | None = None) -> bool:
         return self.send_parts(self.encode_start(start), stop)
 
-    def send_image(self, image: ImageFrame, stop: threading.Event | None = None) -> bool:
+    def send_image(self, image: ImageFrame, stop: threading.Event | None = None,
+                   encoded=None) -> bool:
+        """Send an image; ``encoded`` (stream v2 only): its data already encoded as the
+        DECTRIS array tag (:func:`sxdm_stream.compression.bslz4_array_tag`), sent as is."""
+        if encoded is not None and self.fmt == "cbor":
+            return self.send_parts(encode_image_v2(image, encoded=encoded), stop)
         return self.send_parts(self.encode_image(image), stop)
 
     def send_end(self, end: SeriesEnd, stop: threading.Event | None = None) -> bool:
