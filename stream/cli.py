@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import dataclasses
 import logging
 import sys
@@ -269,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     except SxdmError as exc:
         print(f"sxdm-stream: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:                       # `sxdm-stream rois X.h5 | head`: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
