@@ -277,15 +277,22 @@ class Accumulator:
         return {"moments": self.moments, "histogram": self.histogram,
                 "frame_count": self.frame_count, "roi_moments": self.roi_moments}
 
-    def copy(self) -> "Accumulator":
-        """An independent copy (for writing or publishing while frames keep coming)."""
-        acc = object.__new__(Accumulator)
-        acc.setup = self.setup
-        acc.moments = self.moments.copy()
-        acc.roi_moments = self.roi_moments.copy()
-        acc.histogram = self.histogram.copy()
-        acc.frame_count = self.frame_count.copy()
-        return acc
+    def copy(self, into: "Accumulator | None" = None) -> "Accumulator":
+        """An independent copy (for writing or publishing while frames keep coming).
+
+        ``into``: an accumulator of the same set-up whose arrays are overwritten instead of
+        allocating new ones. Copying into memory already touched is ~10x faster than into
+        fresh pages (0.38 s for a 200 MB histogram), which matters once per rocking angle.
+        """
+        if into is None or into.setup is not self.setup:
+            into = object.__new__(Accumulator)
+            into.setup = self.setup
+            for name in ("moments", "roi_moments", "histogram", "frame_count"):
+                setattr(into, name, getattr(self, name).copy())
+            return into
+        for name in ("moments", "roi_moments", "histogram", "frame_count"):
+            np.copyto(getattr(into, name), getattr(self, name))
+        return into
 
     @classmethod
     def from_state(cls, setup: ScanSetup, state: dict[str, np.ndarray]) -> "Accumulator":

@@ -62,15 +62,18 @@ class ResultsWriter:
         self.settings, self.operando, self.on_result = settings, operando, on_result
         self.jobs: queue.Queue = queue.Queue()
         self.errors = 0
+        self._busy = False
+        self._spare = None            # the accumulator of the last intermediate job, reused
 
     def schedule(self, p: ScanProcessor, series, complete: bool, last: bool, path: Path | None,
                  stats: dict) -> bool:
         """Queue a copy of ``p``'s sums; an intermediate write is skipped (False) while the
         writer is still busy with an earlier one."""
-        if not last and self.jobs.qsize() > 0:
+        if not last and (self._busy or self.jobs.qsize() > 0):
             return False                          # the writer is behind: the next angle will do
         copy = ScanProcessor(p.setup, p.mask_fraction, p.d_ref)
-        copy.accumulator = p.accumulator.copy()
+        spare, self._spare = self._spare, None
+        copy.accumulator = p.accumulator.copy(into=None if last else spare)
         copy.included = p.included.copy()
         copy.counters.received, copy.counters.processed = p.counters.received, p.counters.processed
         copy.counters.rejected = Counter(p.counters.rejected)
@@ -99,23 +102,32 @@ class ResultsWriter:
             job = self.jobs.get()
             if job is None:
                 break
-            if "operando" in job:
-                self._append_operando(job["operando"])
-                continue
-            analysis = None
+            self._busy = True
             try:
-                analysis = self._analyse(job)
-            except Exception:                     # a bug in the analysis: the maps still go out
-                self.errors += 1
-                log.exception("could not analyse series %s; writing its maps without drift, "
-                              "particles, q-ROIs or fits", job["series"].series_id)
-            try:
-                self._write(job, analysis)
-            except (OSError, SxdmError) as exc:
-                self.errors += 1
-                log.error("could not write results: %s", exc)
-            if job["last"]:
-                self._record_result(job, analysis)
+                self._do(job)
+            finally:
+                self._busy = False
+
+    def _do(self, job: dict) -> None:
+        if "operando" in job:
+            self._append_operando(job["operando"])
+            return
+        analysis = None
+        try:
+            analysis = self._analyse(job)
+        except Exception:                         # a bug in the analysis: the maps still go out
+            self.errors += 1
+            log.exception("could not analyse series %s; writing its maps without drift, "
+                          "particles, q-ROIs or fits", job["series"].series_id)
+        try:
+            self._write(job, analysis)
+        except (OSError, SxdmError) as exc:
+            self.errors += 1
+            log.error("could not write results: %s", exc)
+        if job["last"]:
+            self._record_result(job, analysis)
+        else:                                     # its arrays take the next angle's copy
+            self._spare = job["processor"].accumulator
 
     def _analyse(self, job: dict) -> ScanAnalysis | None:
         if job["path"] is None and not job["last"]:

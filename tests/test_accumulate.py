@@ -449,3 +449,14 @@ def test_every_diffractometer_axis_needs_an_angle():
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         AccumulationSettings(**kwargs)
+
+
+def test_copy_into_a_spare_reuses_its_arrays_and_is_independent(small_processed):
+    acc = small_processed.accumulator
+    spare = acc.copy()
+    arrays = (spare.moments, spare.histogram)
+    again = acc.copy(into=spare)
+    assert again is spare and again.moments is arrays[0] and again.histogram is arrays[1]
+    np.testing.assert_array_equal(again.moments, acc.moments)
+    again.moments[0, 0, 0] += 1.0
+    assert again.moments[0, 0, 0] != acc.moments[0, 0, 0]
