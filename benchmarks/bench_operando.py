@@ -12,7 +12,6 @@ the end, their ratio, the per-particle mean-d error against the truth, and the r
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 import threading
 import time
@@ -21,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from sxdm_stream.live import LiveProcessor, LiveSettings
-from sxdm_stream.messages import SXDM_KEY, ImageFrame, SeriesEnd
+from sxdm_stream.messages import ImageFrame, SeriesEnd
 from sxdm_stream.sender import StreamSender
 from sxdm_stream.simulators.operando import operando_sequence
-from sxdm_stream.simulators.sender import series_start
+from sxdm_stream.simulators.sender import series_start, with_operando
 from sxdm_stream.timeseries import read_operando
 
 
@@ -40,9 +39,8 @@ def send(sender: StreamSender, scans, marks: dict, truth: list, live: LiveProces
     for k, scan in enumerate(scans, start=1):
         truth.append(scan.particle_d)
         sc = scan.scenario
-        start = series_start(sc, k, f"op-{k}", f"charge-{k}")
-        sender.send_start(dataclasses.replace(start, user_data={SXDM_KEY: {**start.sxdm,
-                                                                            "operando": scan.channels}}))
+        sender.send_start(with_operando(series_start(sc, k, f"op-{k}", f"charge-{k}"),
+                                        scan.channels))
         for index, _, _, frame in sc.simulator.frames():
             sender.send_image(ImageFrame(k, index, frame, series_unique_id=f"op-{k}"))
         sender.send_end(SeriesEnd(k, f"op-{k}"))

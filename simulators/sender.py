@@ -36,6 +36,15 @@ def series_start(scenario: Scenario, series_id: int, series_unique_id: str,
                             correlation_id)
 
 
+def with_operando(start: SeriesStart, channels: dict | None) -> SeriesStart:
+    """``start`` with electrochemistry ``channels`` ({name: {"value", "units"}}) in its sxdm
+    block, as a beamline adds them to each scan of an operando series (None: unchanged)."""
+    if not channels:
+        return start
+    return dataclasses.replace(start, user_data={SXDM_KEY: {**start.sxdm,
+                                                            "operando": dict(channels)}})
+
+
 def frame_positions(scenario: Scenario, frame_index: int) -> dict[str, float]:
     """Measured positions of a frame: the nominal grid position of its map pixel and angle."""
     scan = scenario.scan
@@ -74,10 +83,8 @@ class SimulatedDetector:
         sxdm block, as a beamline adds them to each scan of an operando series.
         """
         unique = series_unique_id or uuid.uuid4().hex
-        start = series_start(self.scenario, series_id, unique, correlation_id or unique)
-        if operando:
-            start = dataclasses.replace(start, user_data={
-                SXDM_KEY: {**start.sxdm, "operando": dict(operando)}})
+        start = with_operando(series_start(self.scenario, series_id, unique,
+                                           correlation_id or unique), operando)
         if not self.sender.send_start(start, stop):
             return 0
         indices = range(self.scenario.scan.n_frames) if frames is None else frames

@@ -143,7 +143,6 @@ class LiveProcessor:
         self._processed_before = 0
         self._first_image_s: float | None = None
         self._finished: tuple = (None, None)
-        self.last_maps: MapSet | None = None
         self.last_analysis: ScanAnalysis | None = None
         self._drift_cache: tuple = (None, None)
         self._plans = PlanBook()
@@ -180,6 +179,11 @@ class LiveProcessor:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until ``max_series`` series are complete (True) or the timeout passes."""
         return self._done.wait(timeout)
+
+    @property
+    def last_maps(self) -> MapSet | None:
+        """The maps of the latest snapshot (None before the first)."""
+        return self.last_analysis.maps if self.last_analysis is not None else None
 
     def on_result(self, callback) -> None:
         """Call ``callback(result: SeriesResult)`` when a series' final maps are written
@@ -493,12 +497,11 @@ class LiveProcessor:
 
     def _add_operando_record(self) -> None:
         """The record of the series just completed: published now, written by the writer."""
-        series, maps = self.series, self.last_analysis.maps
-        particles = self.last_analysis.particles
-        record = operando_record(maps, time.time(), series.series_id,
+        series, analysis = self.series, self.last_analysis
+        record = operando_record(analysis.maps, time.time(), series.series_id,
                                  series_unique_id=series.series_unique_id,
                                  correlation_id=correlation_id_of(series.sxdm),
-                                 channels=self._channels, particles=particles.records)
+                                 channels=self._channels, particles=analysis.particles.records)
         self.last_record = record
         if self._publisher is not None:
             self._publisher.send(encode_operando_record(record.to_json()))
@@ -553,7 +556,7 @@ class LiveProcessor:
         self._pending_received.clear()
         self._last_snapshot = now
         self._snapshot_cost = now - t0
-        self.last_maps, self.last_analysis = maps, analysis
+        self.last_analysis = analysis
 
     def _drift_for(self, p: ScanProcessor, complete: bool):
         """The drift estimate, made once per finished rocking angle (it costs ~0.2 s on a

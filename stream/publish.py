@@ -77,12 +77,7 @@ def decode_snapshot(parts: list[bytes]) -> Snapshot:
     """Parse a snapshot message; BadMessageError if it is not one or is inconsistent."""
     if len(parts) < 2 or bytes(parts[0]) != TOPIC:
         raise BadMessageError("not an sxdm snapshot (wrong topic or too few parts)", "malformed")
-    try:
-        header = json.loads(bytes(parts[1]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadMessageError(f"snapshot header is not JSON: {exc}", "malformed") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise BadMessageError("snapshot header is not an sxdm.snapshot object", "malformed")
+    header = _json_object(parts[1], FORMAT, "snapshot header")
     if header.get("version", 0) > VERSION:
         raise BadMessageError(f"snapshot version {header.get('version')} is newer than {VERSION}",
                               "unknown_type")
@@ -122,12 +117,17 @@ def decode_operando_record(parts: list[bytes]) -> dict[str, Any]:
     """Parse an operando record message; BadMessageError if it is not one."""
     if len(parts) != 2 or bytes(parts[0]) != OPERANDO_TOPIC:
         raise BadMessageError("not an sxdm operando record (topic or part count)", "malformed")
+    return _json_object(parts[1], OPERANDO_FORMAT, "operando record")
+
+
+def _json_object(part: bytes, fmt: str, what: str) -> dict[str, Any]:
+    """The JSON object of a message part, whose ``format`` must be ``fmt``."""
     try:
-        body = json.loads(bytes(parts[1]))
+        body = json.loads(bytes(part))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadMessageError(f"operando record is not JSON: {exc}", "malformed") from None
-    if not isinstance(body, dict) or body.get("format") != OPERANDO_FORMAT:
-        raise BadMessageError("not an sxdm.operando object", "malformed")
+        raise BadMessageError(f"{what} is not JSON: {exc}", "malformed") from None
+    if not isinstance(body, dict) or body.get("format") != fmt:
+        raise BadMessageError(f"{what} is not an {fmt} object", "malformed")
     return body
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 
 import h5py
 import numpy as np
@@ -25,10 +24,10 @@ from sxdm_stream.live import LiveProcessor
 from sxdm_stream.messages import ImageFrame
 from sxdm_stream.process_file import process_file_scan
 from sxdm_stream.recording import RecordingWriter
-from sxdm_stream.replay import replay_file_scan
-from sxdm_stream.sender import StreamSender
 from sxdm_stream.simulators.files import write_id01_scan_set
 from sxdm_stream.sources import SourceOptions, open_source
+
+from test_file_sources import replay_live
 
 TIMEOUT = 120
 DETECTOR = "mpx1x4"
@@ -62,16 +61,6 @@ def options(scenario, monitor: str | None = "mon") -> SourceOptions:
     return SourceOptions(overrides=GeometryOverrides(roi=scenario.geometry.detector.roi),
                          monitor=monitor)
 
-
-def replay_live(file_scan, out):
-    sender = StreamSender("tcp://127.0.0.1:*")
-    with LiveProcessor(sender.endpoint, out=out, max_series=1) as live:
-        thread = threading.Thread(target=replay_file_scan, args=(file_scan, sender), daemon=True)
-        thread.start()
-        assert live.wait(TIMEOUT)
-    thread.join(TIMEOUT)
-    sender.close()
-    return live
 
 
 def assert_same_maps(a, b):

@@ -13,11 +13,11 @@ import zmq
 
 from sxdm_stream.errors import IncompatibleFileError
 from sxdm_stream.live import LiveProcessor, LiveSettings
-from sxdm_stream.messages import SXDM_KEY, ImageFrame, SeriesEnd
+from sxdm_stream.messages import ImageFrame, SeriesEnd
 from sxdm_stream.operando import map_summary, operando_channels, operando_record
 from sxdm_stream.publish import OPERANDO_TOPIC, decode_operando_record
 from sxdm_stream.simulators.operando import d_spacing_on_charge, operando_sequence
-from sxdm_stream.simulators.sender import series_start
+from sxdm_stream.simulators.sender import series_start, with_operando
 from sxdm_stream.timeseries import OperandoSeriesFile, read_operando
 
 N_SCANS = 50
@@ -25,9 +25,8 @@ N_SCANS = 50
 
 def submit_scan(live, scan, series_id):
     sc = scan.scenario
-    start = series_start(sc, series_id, f"op-{series_id}", f"charge-{series_id}")
-    block = {**start.sxdm, "operando": scan.channels}
-    live.submit(dataclasses.replace(start, user_data={SXDM_KEY: block}))
+    live.submit(with_operando(series_start(sc, series_id, f"op-{series_id}",
+                                           f"charge-{series_id}"), scan.channels))
     for index, _, _, frame in sc.simulator.frames():
         live.submit(ImageFrame(series_id, index, frame, series_unique_id=f"op-{series_id}"))
     live.submit(SeriesEnd(series_id, f"op-{series_id}"))
