@@ -6,8 +6,9 @@
 * :func:`~.devices.sim_sxdm_devices`, :class:`~.devices.SimulatedSxdmDetector`,
   :class:`~.feedback.LiveFeedback`: ophyd devices.
 
-Needs the optional dependencies ``bluesky``, ``ophyd``, ``event-model``, ``msgpack`` and
-``msgpack-numpy`` (``pip install sxdm-stream[bluesky]``).
+Needs the optional dependencies ``bluesky``, ``ophyd``, ``event-model`` and ``msgpack``
+(``pip install sxdm-stream[bluesky]``). Documents use msgpack-numpy's wire format, read by our
+own safe decoder (:mod:`.codec`): msgpack-numpy's decoder unpickles object arrays.
 """
 
 from .callback import SxdmCallback

@@ -16,6 +16,11 @@ the processor's worker thread, never on the RunEngine's or the 0MQ dispatcher's 
   an image key -> :class:`PointPositions` (frame index ``seq_num - 1``);
 * ``stop`` -> :class:`SeriesEnd` (or :class:`PlanEnd`).
 
+A relative plan (``rel_grid_scan``) is announced at its first event instead of its
+descriptor: its extents are offsets, and the readings of that event place the scan in
+absolute motor positions (:func:`~.metadata.shift_scan`). A start document of a run that is
+not SXDM (another publisher's, a derived run) never ends the SXDM run in progress.
+
 Documents of a run whose start was not seen (a late joiner on the 0MQ proxy) are counted
 under ``missed_start`` and reported once: their frames are never mixed into another run.
 """
@@ -36,7 +41,7 @@ from sxdm_stream.messages import (SXDM_KEY, ImageFrame, PlanEnd, PlanStart, Poin
 from sxdm_stream.scan import ScanDescription
 
 from .files import FrameFiles
-from .metadata import correlation_id_of, scan_from_start
+from .metadata import correlation_id_of, is_relative, scan_from_start, shift_scan
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,10 @@ class _Run:
     positions: dict[int, dict] = field(default_factory=dict)        # seq_num -> positions
     pending: dict[int, np.ndarray] = field(default_factory=dict)    # seq_num -> frame
     frames: int = 0
+    #: a relative plan (rel_grid_scan): its scan is placed by the first event's readings
+    relative: bool = False
+    #: the series or plan start has been handed to the processor
+    announced: bool = False
 
 
 class SxdmCallback(CallbackBase):
@@ -91,14 +100,15 @@ class SxdmCallback(CallbackBase):
 
     # ---- documents --------------------------------------------------------------------------
     def start(self, doc):
+        if not isinstance(doc.get(SXDM_KEY), Mapping):
+            # another publisher's run (or a derived run) never ends the SXDM run in progress
+            log.info("run %s carries no %r metadata: not an SXDM scan, ignored", doc["uid"], SXDM_KEY)
+            self._ignored.add(doc["uid"])
+            return
         if self._run is not None:
             self._report("unfinished_run", f"run {self._run.uid} got no stop document before run "
                          f"{doc['uid']} started; it stays incomplete")
             self._close_run()
-        if not isinstance(doc.get(SXDM_KEY), Mapping):
-            log.info("run %s carries no %r metadata: not an SXDM scan, ignored", doc["uid"], SXDM_KEY)
-            self._ignored.add(doc["uid"])
-            return
         try:
             scan = scan_from_start(doc)
         except SxdmError as exc:
@@ -107,7 +117,7 @@ class SxdmCallback(CallbackBase):
             return
         self.runs_seen += 1
         block = {**doc[SXDM_KEY], "scan": scan.describe(), "correlation_id": correlation_id_of(doc)}
-        self._run = _Run(doc["uid"], self._series_id(doc), scan, block)
+        self._run = _Run(doc["uid"], self._series_id(doc), scan, block, relative=is_relative(doc))
         self.last_run_uid, self.last_scan = doc["uid"], scan
 
     def descriptor(self, doc):
@@ -128,18 +138,42 @@ class SxdmCallback(CallbackBase):
         run.image_keys[doc["uid"]] = key
         if run.mode is not None:
             return
-        block = run.block
+        run.mode = "positions" if key is None else "frames"
         if key is None:
-            run.mode = "positions"
             log.info("run %s records no images: its frames come from a detector stream with "
-                     "correlation id %s", run.uid, block["correlation_id"])
+                     "correlation id %s", run.uid, run.block["correlation_id"])
+        if not run.relative:                       # a relative plan waits for its first readings
+            self._announce(run)
+
+    def _announce(self, run: _Run) -> None:
+        block = run.block
+        run.announced = True
+        if run.mode == "positions":
             self.processor.submit(PlanStart(block["correlation_id"], run.uid, block))
         else:
-            run.mode = "frames"
             self.processor.submit(SeriesStart(
                 series_id=run.series_id, series_unique_id=run.uid,
                 number_of_images=run.scan.n_frames, pixel_mask=self.pixel_mask,
                 energy_ev=block.get("geometry", {}).get("energy_ev"), user_data={SXDM_KEY: block}))
+
+    def _place_relative(self, run: _Run, seq_num: int, positions: dict) -> bool:
+        """Place a relative plan's scan from the readings of its first event, then announce
+        the run. False (and the run dropped, with its reason) when the readings are missing."""
+        try:
+            run.scan = shift_scan(run.scan, seq_num - 1, positions)
+        except SxdmError as exc:
+            self._report("relative_without_readings", f"run {run.uid}: {exc}; the run is ignored")
+            self._ignored.update([run.uid, *run.image_keys])
+            self._close_run()
+            return False
+        run.block = {**run.block, "scan": run.scan.describe()}
+        self.last_scan = run.scan
+        log.info("run %s: relative scan placed from the readings of event %d: rows %s um, "
+                 "columns %s um, %s %.4f..%.4f deg", run.uid, seq_num,
+                 run.scan.extents_um[0], run.scan.extents_um[1], run.scan.rocking_axis,
+                 run.scan.rocking_angles[0], run.scan.rocking_angles[-1])
+        self._announce(run)
+        return True
 
     def event(self, doc):
         run = self._run
@@ -152,6 +186,8 @@ class SxdmCallback(CallbackBase):
         seq_num, data = int(doc["seq_num"]), doc["data"]
         names = (*run.scan.motors, run.scan.rocking_axis)
         positions = {m: float(data[m]) for m in names if m in data}
+        if not run.announced and not self._place_relative(run, seq_num, positions):
+            return
         key = run.image_keys[doc["descriptor"]]
         if key is None:
             self.processor.submit(PointPositions(run.block["correlation_id"], seq_num - 1, positions))
@@ -196,7 +232,9 @@ class SxdmCallback(CallbackBase):
         if run is None or doc["run_start"] != run.uid:
             self._ignored.discard(doc["run_start"])
             return
-        if run.mode == "positions":
+        if not run.announced:
+            log.info("run %s ended before its first event: nothing to process", run.uid)
+        elif run.mode == "positions":
             self.processor.submit(PlanEnd(run.block["correlation_id"], doc.get("exit_status")))
         elif run.mode == "frames":
             for seq_num in sorted(run.pending):    # frames whose events never came: by index

@@ -4,7 +4,7 @@ When the live processor finishes a series, :class:`DerivedRunPublisher` emits on
 (start, descriptor, event, stop; composed with ``event_model.compose_run``) through a
 ``bluesky.callbacks.zmq.Publisher`` to the 0MQ proxy's in-port, under its own prefix
 (``b"sxdm-maps"`` by default) so consumers can pick it out, and serialised with msgpack
-(arrays as msgpack-numpy records) unless told otherwise. Any callback can also be fed the
+(arrays in msgpack-numpy's format, :mod:`.codec`) unless told otherwise. Any callback can also be fed the
 documents directly (:func:`maps_run_documents`).
 
 The run:
@@ -30,11 +30,10 @@ from event_model import compose_run
 from sxdm_stream.maps import MAP_FIELDS, map_arrays
 
 from .feedback import summarize_maps
-from .remote import serializer_pair
+from .remote import DERIVED_PREFIX, serializer_pair
 
 log = logging.getLogger(__name__)
 
-DERIVED_PREFIX = b"sxdm-maps"
 PLAN_NAME = "sxdm_stream_maps"
 _SUMMARY_UNITS = {"mean_d": "angstrom", "strain_spread": "microstrain", "max_tilt": "degree",
                   "peak_position": "degree"}

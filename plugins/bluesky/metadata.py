@@ -10,10 +10,15 @@ carries in its ``user_data`` (:mod:`sxdm_stream.messages`)::
 axis outermost, then the slow and the fast map motor): the scan is then rebuilt from the
 standard start keys ``motors``, ``shape``, ``extents`` and ``snaking``, and the block only
 needs ``geometry`` (and, if the diffractometer has other circles, ``fixed_angles``).
+
+A relative plan (``rel_grid_scan``: ``plan_name`` starting with ``rel_``) puts extents
+relative to where the motors stood in its start document; the absolute scan is known only
+from the first measured readings (:func:`is_relative` and :func:`shift_scan`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Mapping
 
@@ -94,3 +99,37 @@ def correlation_id_of(doc: Mapping) -> str:
     if isinstance(block, Mapping) and block.get("correlation_id"):
         return str(block["correlation_id"])
     return str(doc["uid"])
+
+
+def is_relative(doc: Mapping) -> bool:
+    """Whether the run's scan comes from the standard keys of a relative plan (``rel_*``),
+    whose extents are offsets from the motors' positions at the start of the run."""
+    block = doc.get(SXDM_KEY)
+    has_scan = isinstance(block, Mapping) and "scan" in block
+    return not has_scan and str(doc.get("plan_name", "")).startswith("rel_")
+
+
+def shift_scan(scan: ScanDescription, frame_index: int,
+               readings: Mapping[str, float]) -> ScanDescription:
+    """The absolute scan of a relative plan, from the measured positions of one frame.
+
+    ``scan`` holds the plan's relative extents and angles; ``readings`` the positions of the
+    map motors and the rocking axis measured at ``frame_index``. Raises ConfigError when a
+    motor's reading is missing or not finite.
+    """
+    angle, point = scan.locate(frame_index)
+    row, col = divmod(point, scan.shape[1])
+    planned = {scan.motors[0]: scan.axis_um(0)[row], scan.motors[1]: scan.axis_um(1)[col],
+               scan.rocking_axis: scan.rocking_angles[angle]}
+    origin = {}
+    for motor, relative in planned.items():
+        value = readings.get(motor)
+        if value is None or not np.isfinite(value):
+            raise ConfigError(f"a relative plan needs the reading of {motor!r} in its events "
+                              "to place its scan; it is missing")
+        origin[motor] = float(value) - float(relative)
+    return dataclasses.replace(
+        scan,
+        extents_um=tuple((a + origin[m], b + origin[m])
+                         for m, (a, b) in zip(scan.motors, scan.extents_um)),
+        rocking_angles=tuple(a + origin[scan.rocking_axis] for a in scan.rocking_angles))
