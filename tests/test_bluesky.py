@@ -271,3 +271,51 @@ def test_operando_channels_given_to_sxdm_map_reach_the_record(run_engine, live, 
     block = starts[0]["sxdm"]
     assert {"scan", "geometry", "correlation_id"} <= set(block) and block["operando"] == channels
     assert live.last_record.channels == {"voltage": (4.05, "V")}
+
+
+def test_relative_grid_scan_is_placed_from_the_motor_readings(run_engine, live, small_scenario):
+    """``rel_grid_scan`` describes its extents relative to where the motors stood: the scan is
+    placed from the first event's readings, so every frame lands on its map pixel and angle."""
+    import bluesky.plan_stubs as bps
+
+    scan = small_scenario.scan
+    devices = sim_sxdm_devices(small_scenario)
+    (r0, r1), (c0, c1) = scan.extents_um
+    a0, a1 = scan.rocking_angles[0], scan.rocking_angles[-1]
+    eta0, piy0, pix0 = a0 + 0.05, r0 + 0.7, c0 - 0.4     # where the motors stand before the run
+    run_engine(bps.mv(devices.eta, eta0, devices.piy, piy0, devices.pix, pix0))
+    callback = SxdmCallback(live, pixel_mask=small_scenario.geometry.detector.mask)
+    run_engine.subscribe(callback)
+    md = {"sxdm": sxdm_block(small_scenario.geometry, fixed_angles=scan.fixed_angles)}
+    run_engine(bp.rel_grid_scan([devices.det], devices.eta, a0 - eta0, a1 - eta0, scan.n_angles,
+                                devices.piy, r0 - piy0, r1 - piy0, scan.shape[0],
+                                devices.pix, c0 - pix0, c1 - pix0, scan.shape[1], md=md))
+    maps = finished_maps(live)
+    status = live.status()
+    assert status["processed"] == scan.n_frames and not status["rejected"], status
+    assert not callback.rejected
+    placed = callback.last_scan
+    np.testing.assert_allclose(placed.extents_um, scan.extents_um, atol=1e-9)
+    np.testing.assert_allclose(placed.rocking_angles, scan.rocking_angles, atol=1e-9)
+    assert_accurate(maps, small_scenario)
+
+
+def test_relative_plan_without_readings_is_dropped_with_its_reason(live, small_scenario):
+    """A relative plan whose events lack a motor's reading cannot be placed: the run is
+    ignored under a reason, never processed at the plan's relative positions."""
+    scan = small_scenario.scan
+    callback = SxdmCallback(live)
+    (r0, r1), (c0, c1) = scan.extents_um
+    start = {"uid": "rel-run", "time": 0.0, "plan_name": "rel_grid_scan", "scan_id": 7,
+             "motors": ["eta", "piy", "pix"], "shape": [scan.n_angles, *scan.shape],
+             "extents": [[-0.1, 0.1], [r0, r1], [c0, c1]], "snaking": [False, False, False],
+             "sxdm": sxdm_block(small_scenario.geometry, fixed_angles=scan.fixed_angles)}
+    callback("start", start)
+    callback("descriptor", {"uid": "d", "run_start": "rel-run", "name": "primary", "time": 0.0,
+                            "data_keys": {"img": {"dtype": "array", "shape": [4, 4], "source": "s"},
+                                          "piy": {"dtype": "number", "shape": [], "source": "s"}}})
+    callback("event", {"uid": "e", "descriptor": "d", "seq_num": 1, "time": 0.0,
+                       "data": {"img": np.zeros((4, 4)), "piy": r0}, "timestamps": {}})
+    callback("stop", {"uid": "s", "run_start": "rel-run", "time": 0.0, "exit_status": "success"})
+    assert callback.rejected == {"relative_without_readings": 1}
+    assert live.status()["messages"] == 0

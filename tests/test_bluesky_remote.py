@@ -205,3 +205,46 @@ def test_process_cli_joins_detector_and_bluesky_and_emits_a_derived_run(
     np.testing.assert_allclose(np.asarray(docs["event"]["data"]["strain"]), maps["strain"],
                                rtol=1e-12, equal_nan=True)
     assert any("joined to run" in line for line in log_lines)
+
+
+def test_derived_runs_on_the_same_proxy_do_not_cut_the_next_run(proxy, small_scenario):
+    """``--bluesky`` and ``--bluesky-publish`` on one proxy: the processor's own derived run of
+    the first map comes back through the proxy while the second map runs; it is skipped, and
+    both maps are complete."""
+    from sxdm_stream.plugins.bluesky.derived import DerivedRunPublisher
+
+    in_port, out_port = proxy
+    mask = small_scenario.geometry.detector.mask
+    live = LiveProcessor(None, settings=LiveSettings(checkpoints=False), max_series=2).start()
+    derived = DerivedRunPublisher(f"127.0.0.1:{in_port}")
+    live.on_result(derived)
+    listener = RemoteListener(f"127.0.0.1:{out_port}", live, pixel_mask=mask)
+    thread = threading.Thread(target=listener.run, name="test-dispatcher")
+    thread.start()
+    publisher = Publisher(f"127.0.0.1:{in_port}", serializer=msgpack_dumps)
+    loop = asyncio.new_event_loop()
+    RE = RunEngine({}, loop=loop, context_managers=[])
+    try:
+        wait_until_connected(publisher, listener)
+        RE.subscribe(publisher)
+        scan = small_scenario.scan
+        devices = sim_sxdm_devices(small_scenario)
+        (r0, r1), (c0, c1) = scan.extents_um
+        for _ in range(2):
+            RE(sxdm_map([devices.det], devices.piy, r0, r1, scan.shape[0], devices.pix, c0, c1,
+                        scan.shape[1], devices.eta, scan.rocking_angles,
+                        geometry=small_scenario.geometry, fixed_angles=scan.fixed_angles))
+        assert live.wait(60), live.status()
+    finally:
+        listener.stop()
+        thread.join(10)
+        publisher.close()
+        live.stop()
+        derived.close()
+        loop.call_soon_threadsafe(loop.stop)
+        RE._th.join(10)
+        loop.close()
+    assert [r.complete for r in live.results] == [True, True]
+    assert live.status()["processed"] == 2 * scan.n_frames
+    assert listener.callback.runs_seen == 2 and not listener.callback.rejected
+    assert derived.runs == 2 and listener.skipped >= 4       # the first derived run came back

@@ -79,6 +79,7 @@ class RemoteListener:
     ----------
     rejected : Counter of the messages dropped, by reason.
     received : number of messages received.
+    skipped : messages of another prefix (or of the ignored ones) left alone.
     """
 
     def __init__(self, address: str, processor, serializer: str = "msgpack", prefix: bytes = b"",
@@ -94,6 +95,7 @@ class RemoteListener:
         self.callback = SxdmCallback(processor, pixel_mask=pixel_mask)
         self.rejected: Counter = Counter()
         self.received = 0
+        self.skipped = 0
         self._callbacks: list[Callable] = [self.callback]
         self._context = context or zmq.Context.instance()
         self._stopping = stop if stop is not None else threading.Event()
@@ -132,7 +134,8 @@ class RemoteListener:
                         "'prefix name document'")
             return
         if (self.prefix and prefix != self.prefix) or prefix in self.ignore_prefixes:
-            return                                  # another publisher's, or our own results
+            self.skipped += 1                       # another publisher's, or our own results
+            return
         if name not in _NAMES:
             self._count("unknown_document", f"{name[:40]!r} is not a bluesky document name")
             return
