@@ -22,14 +22,21 @@ framing ourselves (a numba kernel: it runs for every frame) and hand the payload
 only when the walk ends exactly at the payload end. Every failure raises
 :class:`~sxdm_stream.errors.BadMessageError` with a stable ``reason``. Decoded arrays are
 writable, C-contiguous and in native byte order.
+
+Nothing is allocated before it is checked (:func:`checked_nbytes`): the dims are sane, their
+product times the itemsize (Python integers, which cannot overflow) stays under a byte cap
+and matches what the series' start message declared (:class:`ImageSpec`); a compression
+header must announce exactly those bytes, the element size must be the dtype's itemsize, and
+a payload too small to inflate to them (LZ4 writes at most 255 bytes per byte read) is
+refused before the decompressor sees it.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 # bitshuffle parallelises each frame with OpenMP. For frames of ~1 MB on a machine that also
@@ -71,10 +78,75 @@ _INT32_MAX = 2**31 - 1
 #: no detector frame comes near this; bigger sizes would overflow the int64 framing walk
 _MAX_FRAME_BYTES = 1 << 40
 _U32 = struct.Struct(">I")
+#: default cap on one decoded image, bytes: seven times the largest DECTRIS frame (EIGER2 16M
+#: at 32 bits, 4148 x 4362 x 4 B = 72 MB). A message declaring more is refused before any
+#: buffer is made; ``Decoder(max_image_bytes=...)`` changes it.
+MAX_IMAGE_BYTES = 512 << 20
+#: pixels along one side: no detector comes near it, and a larger dim (even beside a zero one,
+#: which keeps the byte count at 0) is nonsense that numpy cannot reshape to
+MAX_IMAGE_SIDE = 1 << 24
+#: LZ4 writes at most 255 bytes per byte it reads (each match-length byte adds 255; measured
+#: 254.99 on 64 MiB of zeros): a payload that would have to inflate more is a corrupt size
+#: field or a bomb, refused without inflating it
+LZ4_MAX_RATIO = 255
 
 
 def _bad(message: str, reason: str) -> BadMessageError:
     return BadMessageError(message, reason)
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What a series' start message declared of its images; None where it did not say.
+
+    ``shape`` is (rows, cols); ``itemsize`` in bytes; ``kind`` the numpy kind letter ("u",
+    "f"...), known only where the start names the dtype (v2 ``image_dtype``: v1 gives a bit
+    depth, which also announces float32 series as 32-bit).
+    """
+
+    shape: tuple[int, int] | None = None
+    itemsize: int | None = None
+    kind: str | None = None
+
+
+def checked_nbytes(shape: tuple[int, int], dtype: np.dtype, max_bytes: int,
+                   declared: ImageSpec | None = None) -> int:
+    """Bytes of an image of ``shape`` (rows, cols) and ``dtype``, once it may be allocated.
+
+    Raises
+    ------
+    BadMessageError
+        ``too_large`` for a side over :data:`MAX_IMAGE_SIDE` or more than ``max_bytes``;
+        ``wrong_shape`` / ``wrong_dtype`` when ``declared`` says otherwise.
+    """
+    rows, cols = shape
+    if rows > MAX_IMAGE_SIDE or cols > MAX_IMAGE_SIDE:
+        raise _bad(f"image of {rows} x {cols} pixels: a side over {MAX_IMAGE_SIDE}", "too_large")
+    if declared is not None:
+        if declared.shape is not None and (rows, cols) != tuple(declared.shape):
+            raise _bad(f"image of {rows} x {cols} pixels where the start message declared "
+                       f"{declared.shape[0]} x {declared.shape[1]}", "wrong_shape")
+        if ((declared.itemsize is not None and dtype.itemsize != declared.itemsize)
+                or (declared.kind is not None and dtype.kind != declared.kind)):
+            raise _bad(f"image of {dtype.name} pixels where the start message declared "
+                       f"{_described(declared)}", "wrong_dtype")
+    nbytes = rows * cols * dtype.itemsize
+    if nbytes > max_bytes:
+        raise _bad(f"image of {rows} x {cols} {dtype.name} pixels is {nbytes} bytes, over the "
+                   f"{max_bytes}-byte cap", "too_large")
+    return nbytes
+
+
+def _described(declared: ImageSpec) -> str:
+    if declared.kind and declared.itemsize:
+        return np.dtype(f"{declared.kind}{declared.itemsize}").name
+    return f"{8 * declared.itemsize}-bit" if declared.itemsize else f"kind {declared.kind!r}"
+
+
+def _inflatable(nbytes: int, payload_bytes: int, what: str) -> None:
+    if nbytes > LZ4_MAX_RATIO * payload_bytes:
+        raise _bad(f"{what} of {payload_bytes} bytes cannot hold {nbytes} bytes (LZ4 inflates "
+                   f"at most {LZ4_MAX_RATIO} times)", "truncated_payload")
 
 
 # ---- bitshuffle-LZ4 -----------------------------------------------------------------------------
@@ -178,6 +250,7 @@ def decompress_bslz4(payload, nbytes: int, itemsize: int, *,
                    f"dtype {nbytes}", "size_mismatch")
     if nbytes == 0:
         return _ends_at(np.zeros(0, elem), HEADER.size, payload)
+    _inflatable(nbytes, len(payload), "bslz4 payload")
     if not 0 < block_bytes <= _INT32_MAX or block_bytes % (_BLOCKED_MULT * itemsize):
         raise _bad(f"bslz4 block size {block_bytes} is not a positive multiple of "
                    f"{_BLOCKED_MULT * itemsize} bytes", "truncated_payload")
@@ -266,6 +339,7 @@ def decompress_lz4_hdf5(payload, nbytes: int) -> np.ndarray:
         pos += 4
         if not 0 < compressed <= min(len(view) - pos, size + size // 255 + 16):
             raise _bad("lz4 payload has a corrupt block size field", "truncated_payload")
+        _inflatable(size, compressed, "lz4 block")
         # the HDF5 LZ4 filter stores a block raw when compressing it saved nothing
         chunk = view[pos:pos + compressed]
         blocks.append(chunk if compressed == size else _lz4_block(chunk, size))
@@ -288,13 +362,18 @@ def _lz4_block(blob, nbytes: int) -> bytearray:
 
 
 # ---- stream v2: RFC 8746 arrays -----------------------------------------------------------------
-def decode_array(item: Any) -> np.ndarray:
+def decode_array(item: Any, max_bytes: int = MAX_IMAGE_BYTES,
+                 declared: ImageSpec | None = None) -> np.ndarray:
     """Decode a v2 multi-dimensional array (tag 40, or column-major 1040) to a 2D array.
 
     Parameters
     ----------
     item : cbor2.CBORTag
         ``Tag40([[rows, cols], TypedArrayTag(bytes or Tag56500([algorithm, modifier, bytes]))])``.
+    max_bytes : int
+        Largest array accepted, bytes (checked before anything is allocated).
+    declared : ImageSpec, optional
+        What the start message declared: the array must match it.
 
     Returns
     -------
@@ -314,7 +393,7 @@ def decode_array(item: Any) -> np.ndarray:
         raise _bad(f"array dims {dims!r:.60} are not non-negative integers", "malformed")
     if len(dims) != 2:
         raise _bad(f"array dims {list(dims)} are not [rows, cols]", "size_mismatch")
-    flat = _decode_typed_array(typed, math.prod(dims))
+    flat = _decode_typed_array(typed, tuple(dims), max_bytes, declared)
     if item.tag == COLUMN_MAJOR_TAG:
         return np.ascontiguousarray(flat.reshape(dims[::-1]).T)
     return flat.reshape(dims)
@@ -324,17 +403,18 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _decode_typed_array(item: Any, count: int) -> np.ndarray:
+def _decode_typed_array(item: Any, dims: tuple[int, int], max_bytes: int,
+                        declared: ImageSpec | None) -> np.ndarray:
     if not isinstance(item, CBORTag):
         raise _bad(f"expected a typed array tag, got {type(item).__name__}", "malformed")
     dtype = TYPED_ARRAY_DTYPES.get(item.tag)
     if dtype is None:
         raise _bad(f"CBOR tag {item.tag} is not a typed array we know", "unknown_tag")
-    nbytes, payload = count * dtype.itemsize, item.value
+    nbytes, payload = checked_nbytes(dims, dtype, max_bytes, declared), item.value
     if isinstance(payload, bytes):
         raw = _raw(payload, nbytes)
     elif isinstance(payload, CBORTag) and payload.tag == COMPRESSION_TAG:
-        raw = _decompress_tag(payload.value, nbytes)
+        raw = _decompress_tag(payload.value, nbytes, dtype.itemsize)
     elif isinstance(payload, CBORTag):
         raise _bad(f"CBOR tag {payload.tag} where a byte string is expected", "unknown_tag")
     else:
@@ -342,14 +422,18 @@ def _decode_typed_array(item: Any, count: int) -> np.ndarray:
     return _native(raw.view(np.uint8).view(dtype))
 
 
-def _decompress_tag(value: Any, nbytes: int) -> np.ndarray:
+def _decompress_tag(value: Any, nbytes: int, itemsize: int) -> np.ndarray:
     if not (isinstance(value, (list, tuple)) and len(value) == 3 and isinstance(value[0], str)
             and isinstance(value[1], int) and isinstance(value[2], bytes)):
         raise _bad("compression tag 56500 is not [algorithm, modifier, bytes]", "malformed")
     algorithm, modifier, payload = value
     if algorithm == "bslz4":
-        # tag 56500 stands for a byte string: bitshuffle's element size is the modifier
-        # (DECTRIS sets it to the typed array's itemsize)
+        # tag 56500 stands for a byte string: bitshuffle's element size is the modifier, which
+        # DECTRIS sets to the typed array's itemsize. Any other one unshuffles the bits of the
+        # wrong elements: garbage that decodes without error, so it is refused.
+        if modifier != itemsize:
+            raise _bad(f"bslz4 element size {modifier} on an array of {itemsize}-byte elements",
+                       "wrong_dtype")
         return decompress_bslz4(payload, nbytes, modifier)
     if algorithm == "lz4":  # modifier unused, sent as 0
         return decompress_lz4_hdf5(payload, nbytes)
@@ -410,22 +494,30 @@ def encode_array(data: np.ndarray, compression: str | None = "bslz4") -> CBORTag
 
 
 # ---- stream v1: encoded blobs -------------------------------------------------------------------
-def decode_v1_blob(blob, encoding: str, dtype: np.dtype, shape: tuple[int, int]) -> np.ndarray:
+def decode_v1_blob(blob, encoding: str, dtype: np.dtype, shape: tuple[int, int],
+                   max_bytes: int = MAX_IMAGE_BYTES,
+                   declared: ImageSpec | None = None) -> np.ndarray:
     """Decode a v1 image blob (``dimage_d-1.0`` ``encoding``) to an array of ``shape``.
 
-    ``<`` raw; ``lz4<`` one raw LZ4 block; ``bsNN-lz4<`` bslz4 with NN-bit elements (``>``:
-    big-endian data). Raises ``unsupported_encoding`` for any other encoding.
+    ``<`` raw; ``lz4<`` one raw LZ4 block; ``bsNN-lz4<`` bslz4 with NN-bit elements, NN the
+    dtype's bits (``>``: big-endian data). Raises ``unsupported_encoding`` for any other
+    encoding; ``max_bytes`` and ``declared`` as in :func:`decode_array`.
     """
     match = V1_ENCODING.fullmatch(encoding)
     if match is None:
         raise _bad(f"unknown stream v1 encoding {encoding!r}", "unsupported_encoding")
     bits, lz4_, order = match.groups()
     dtype = np.dtype(dtype).newbyteorder(order)
-    nbytes = shape[0] * shape[1] * dtype.itemsize
+    nbytes = checked_nbytes(shape, dtype, max_bytes, declared)
+    if bits and int(bits) != 8 * dtype.itemsize:
+        raise _bad(f"encoding {encoding!r} on {dtype.name} pixels: bitshuffle elements must be "
+                   "the pixels", "wrong_dtype")
     if bits:
         raw = decompress_bslz4(blob, nbytes, int(bits) // 8, allow_empty_header=True)
     elif lz4_:
-        # a raw block, no size header (SIMPLON manual §5.4.3): the size comes from the shape
+        # a raw block, no size header (SIMPLON manual §5.4.3): the size comes from the shape,
+        # and lz4 allocates all of it before reading a byte
+        _inflatable(nbytes, len(blob), "lz4 block")
         raw = np.frombuffer(_lz4_block(blob, nbytes), np.uint8)
     else:
         raw = _raw(blob, nbytes)
@@ -438,6 +530,9 @@ def encode_v1_blob(data: np.ndarray, encoding: str) -> bytes:
     if match is None:
         raise ValueError(f"unknown stream v1 encoding {encoding!r}")
     bits, lz4_, order = match.groups()
+    if bits and int(bits) != 8 * data.dtype.itemsize:
+        raise ValueError(f"encoding {encoding!r} on {data.dtype} data: DECTRIS shuffles "
+                         f"elements of the pixel size, bs{8 * data.dtype.itemsize}")
     raw = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder(order)).reshape(-1)
     if bits:
         return compress_bslz4(raw.view(np.uint8).view(f"u{int(bits) // 8}"))

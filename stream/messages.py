@@ -38,6 +38,18 @@ class SeriesStart:
 
     Fields the detector did not send are None. ``image_shape`` is (rows, cols);
     ``beam_center`` is (row, col) in pixels; ``pixel_mask`` is boolean, True = bad pixel.
+
+    Pixel values that are not counts (``reference/dectris_stream.md``; DECTRIS stream v2
+    README, ``saturation_value``: "maximum valid sample value (excluding the NODATA value)"):
+
+    * ``invalid_pixel_value``: the NODATA value, ``2**bit_depth_image - 1`` on an Eiger
+      (v1 ``bit_depth_image``; v2 the unsigned ``image_dtype``'s maximum). Gaps, defective
+      and overflowing pixels carry it in every frame, even without a pixel mask.
+    * ``saturation_counts``: the largest count the detector vouches for (v2
+      ``saturation_value``, v1 ``countrate_correction_count_cutoff``); counts *above* it are
+      saturated and not to be trusted.
+
+    :attr:`max_valid_counts` combines them: a pixel whose value is above it is invalid.
     """
 
     series_id: int
@@ -53,11 +65,21 @@ class SeriesStart:
     pixel_mask: np.ndarray | None = field(default=None, repr=False)
     user_data: Any = None
     stream_version: int = 2
+    invalid_pixel_value: int | None = None
+    saturation_counts: int | None = None
 
     @property
     def sxdm(self) -> Mapping | None:
         """Our metadata block from user_data, or None."""
         return _sxdm_block(self.user_data)
+
+    @property
+    def max_valid_counts(self) -> int | None:
+        """The largest valid pixel value, counts: pixels above it are invalid (saturated, or
+        the NODATA ``invalid_pixel_value``). None when the start message said neither."""
+        limits = [v for v in (self.saturation_counts, None if self.invalid_pixel_value is None
+                              else self.invalid_pixel_value - 1) if v is not None]
+        return min(limits) if limits else None
 
 
 @dataclass(frozen=True, eq=False)

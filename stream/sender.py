@@ -23,7 +23,7 @@ from .scan import ScanDescription
 
 FORMATS = ("cbor", "legacy")
 COMPRESSIONS = ("bslz4", "lz4", "none")
-_V1_ENCODING = {"bslz4": "bs32-lz4<", "lz4": "lz4<", "none": "<"}
+_V1_ENCODING = {"bslz4": "bslz4", "lz4": "lz4<", "none": "<"}  # bslz4: bs<pixel bits>-lz4<
 
 
 def describing_start(scan: ScanDescription, geometry: Geometry, series_id: int,

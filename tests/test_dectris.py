@@ -46,7 +46,9 @@ def series_start(shape=(13, 7), dtype="uint32", mask=True, user_data=USER_DATA):
     return SeriesStart(series_id=7, series_unique_id="abc123", image_shape=shape,
                        image_dtype=dtype, number_of_images=1234, energy_ev=8049.0,
                        wavelength_a=1.5403, pixel_size_m=55e-6, beam_center=(250.5, 120.25),
-                       detector_distance_m=0.85, pixel_mask=pixel_mask, user_data=user_data)
+                       detector_distance_m=0.85, pixel_mask=pixel_mask, user_data=user_data,
+                       invalid_pixel_value=2 ** (8 * np.dtype(dtype).itemsize) - 1,
+                       saturation_counts=40_000)
 
 
 def bslz4_payload(array, block_bytes=8192):
@@ -105,18 +107,21 @@ def test_v2_image_round_trip(dtype, shape, compression_):
     assert out.real_time_s == pytest.approx(0.02) and out.received_s == 12.5
 
 
-@pytest.mark.parametrize("encoding", ["<", "lz4<", "bs8-lz4<", "bs16-lz4<", "bs32-lz4<"])
+@pytest.mark.parametrize("encoding", ["<", "lz4<", "bslz4", "bs8-lz4<", "bs16-lz4<",
+                                      "bs32-lz4<"])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_v1_image_round_trip(dtype, shape, encoding):
     data = sparse_frame(shape, dtype, seed=2)
     frame = ImageFrame(3, 9, data, user_data=USER_DATA, real_time_s=0.001)
-    element = {"bs8": 1, "bs16": 2, "bs32": 4}.get(encoding.split("-")[0], 1)
-    if data.nbytes % element:
-        with pytest.raises(ValueError):
+    element = {"bs8": 1, "bs16": 2, "bs32": 4}.get(encoding.split("-")[0], data.itemsize)
+    if element != data.itemsize:  # bitshuffle elements are the pixels, or nothing is sent
+        with pytest.raises(ValueError, match="pixel size"):
             encode_image_v1(frame, encoding=encoding)
         return
     parts = encode_image_v1(frame, encoding=encoding)
+    if encoding == "bslz4":
+        assert json.loads(parts[1])["encoding"] == f"bs{8 * data.itemsize}-lz4<"
     assert len(parts) == 5 and json.loads(parts[1])["shape"] == [shape[1], shape[0]]
     out = decode_message(parts)
     assert out.data.dtype == np.dtype(dtype) and out.data.flags.writeable
@@ -143,7 +148,8 @@ def test_v2_start_round_trip():
     out = Decoder().decode(encode_start_v2(start, channels=("threshold_1", "threshold_2")))
     for name in ("series_id", "series_unique_id", "image_shape", "image_dtype",
                  "number_of_images", "energy_ev", "wavelength_a", "pixel_size_m",
-                 "beam_center", "detector_distance_m", "user_data"):
+                 "beam_center", "detector_distance_m", "user_data", "invalid_pixel_value",
+                 "saturation_counts"):
         assert getattr(out, name) == getattr(start, name), name
     assert out.pixel_mask.dtype == bool and out.stream_version == 2
     np.testing.assert_array_equal(out.pixel_mask, start.pixel_mask)
@@ -163,12 +169,64 @@ def test_v1_start_round_trip(detail):
         assert out.image_shape is None and out.pixel_mask is None
         return
     for name in ("image_shape", "image_dtype", "number_of_images", "energy_ev", "wavelength_a",
-                 "pixel_size_m", "beam_center", "detector_distance_m"):
+                 "pixel_size_m", "beam_center", "detector_distance_m", "invalid_pixel_value",
+                 "saturation_counts"):
         assert getattr(out, name) == getattr(start, name), name
     if detail == "all":
         np.testing.assert_array_equal(out.pixel_mask, start.pixel_mask)
     else:
         assert out.pixel_mask is None
+
+
+@pytest.mark.parametrize("encode", [encode_start_v2, encode_start_v1])
+def test_invalid_pixel_values_round_trip_and_combine(encode):
+    start = SeriesStart(1, image_dtype="uint16", invalid_pixel_value=65535,
+                        saturation_counts=50_000)
+    out = decode_message(encode(start))
+    assert (out.invalid_pixel_value, out.saturation_counts, out.max_valid_counts) == \
+        (65535, 50_000, 50_000)
+    # no dtype: the NODATA value alone travels (as bit_depth_image, SIMPLON's name)
+    alone = decode_message(encode(SeriesStart(1, invalid_pixel_value=255)))
+    assert (alone.invalid_pixel_value, alone.saturation_counts, alone.max_valid_counts) == \
+        (255, None, 254)
+    bare = decode_message(encode(SeriesStart(1)))
+    assert (bare.invalid_pixel_value, bare.saturation_counts, bare.max_valid_counts) == \
+        (None, None, None)
+    for impossible in (1000, 0, 4095 if encode is encode_start_v1 else 2**65 - 1):
+        with pytest.raises(ValueError, match="cannot say it"):
+            encode(SeriesStart(1, invalid_pixel_value=impossible))
+
+
+def test_max_valid_counts_is_the_tighter_limit():
+    assert SeriesStart(1, invalid_pixel_value=255, saturation_counts=1000).max_valid_counts == 254
+    assert SeriesStart(1, invalid_pixel_value=2**32 - 1,
+                       saturation_counts=245_916).max_valid_counts == 245_916
+
+
+def test_vendor_fields_for_invalid_pixels():
+    # v2: NODATA is the unsigned image_dtype's maximum; saturation_value the largest valid count
+    v2 = decode_message(_start_map(image_dtype="uint32", saturation_value=1_000_000))
+    assert (v2.invalid_pixel_value, v2.saturation_counts) == (2**32 - 1, 1_000_000)
+    assert decode_message(_start_map(image_dtype="float32")).invalid_pixel_value is None
+    assert decode_message(_start_map(image_dtype="uint8")).max_valid_counts == 254
+    # v1: 2**bit_depth_image - 1 and countrate_correction_count_cutoff; the readout depth
+    # marks nothing (summed readouts exceed it)
+    header = b'{"htype":"dheader-1.0","series":1,"header_detail":"basic"}'
+    config = {"bit_depth_image": 32, "bit_depth_readout": 12,
+              "countrate_correction_count_cutoff": 245_916}
+    v1 = decode_message([header, json.dumps(config).encode()])
+    assert (v1.invalid_pixel_value, v1.saturation_counts, v1.max_valid_counts) == \
+        (2**32 - 1, 245_916, 245_916)
+    # a cutoff of 0 is an emulator's "not set" (tickit), never a detector's
+    zero = decode_message([header, json.dumps({**config, "countrate_correction_count_cutoff": 0}
+                                              ).encode()])
+    assert (zero.saturation_counts, zero.max_valid_counts) == (None, 2**32 - 2)
+    for bad in ({**config, "countrate_correction_count_cutoff": -1},
+                {**config, "countrate_correction_count_cutoff": 2**64},
+                {**config, "countrate_correction_count_cutoff": 1.5}):
+        assert reason_of([header, json.dumps(bad).encode()]) == "malformed"
+    assert reason_of([_start_map(saturation_value=-5)]) == "malformed"
+    assert reason_of([_start_map(bit_depth_image=65)]) == "malformed"
 
 
 def test_v1_appendix_defaults_to_user_data_and_may_be_plain_text():
@@ -369,7 +427,7 @@ V2_FAILURES = {
     "wrong field type": (_start_map(series_id="1"), "malformed"),
     "bool as int": (_start_map(series_id=True), "malformed"),
     "unknown image dtype": (_start_map(image_dtype="complex64"), "wrong_dtype"),
-    "mask of the wrong shape": (_start_map(pixel_mask={"t": mda(SMALL.T.copy())}), "size_mismatch"),
+    "mask of the wrong shape": (_start_map(pixel_mask={"t": mda(SMALL.T.copy())}), "wrong_shape"),
     "bad rational": (v2_image({"t": mda(SMALL)}, real_time=[1, 0]), "malformed"),
     "huge rational": (v2_image({"t": mda(SMALL)}, real_time=[10**400, 1]), "malformed"),
     "huge energy": (_start_map(incident_energy=10**400), "malformed"),
@@ -398,7 +456,7 @@ V2_FAILURES = {
     "bad bslz4 block size": (_bslz4_image(GOOD_BSLZ4[:8] + struct.pack(">I", 100)
                                           + GOOD_BSLZ4[12:]), "truncated_payload"),
     "absurd dims and header": (_bslz4_image(struct.pack(">QI", 2**63, 8192) + GOOD_BSLZ4[12:],
-                                            element=1, dims=(2**31, 2**30)), "size_mismatch"),
+                                            element=1, dims=(2**31, 2**30)), "too_large"),
     "bslz4 element size 3": (_bslz4_image(GOOD_BSLZ4, element=3), "wrong_dtype"),
     "unknown compression": (_bslz4_image(GOOD_BSLZ4, algorithm="zstd"), "unsupported_encoding"),
     "compression tag not a triple": (v2_image({"t": CBORTag(40, [[2, 3], CBORTag(70, CBORTag(
@@ -444,8 +502,6 @@ V1_FAILURES = {
     "no htype": ([b'{"series": 1}'], "malformed"),
     "missing image parts": (_v1_image()[:3], "malformed"),
     "too many image parts": (_v1_image() + [b"a", b"b"], "malformed"),
-    "header without its config part": (
-        [b'{"htype":"dheader-1.0","series":1,"header_detail":"basic"}'], "malformed"),
     "unknown header_detail": ([b'{"htype":"dheader-1.0","series":1,"header_detail":"some"}'],
                               "malformed"),
     "unexpected header parts": ([b'{"htype":"dheader-1.0","series":1,"header_detail":"none"}',
@@ -486,7 +542,8 @@ def test_random_bytes_only_ever_raise_bad_message(parts):
         decode_message(parts)
     except BadMessageError as exc:
         assert exc.reason in {"malformed", "unknown_type", "unknown_tag", "size_mismatch",
-                              "truncated_payload", "unsupported_encoding", "wrong_dtype"}
+                              "truncated_payload", "unsupported_encoding", "wrong_dtype",
+                              "wrong_shape", "too_large"}
 
 
 @settings(max_examples=200, deadline=None)
