@@ -82,7 +82,9 @@ def _run_live(config: Config, scenario: Scenario, results: Path, fmt: str):
         try:
             endpoint = _read_endpoint(child)
             log.info("simulated detector (pid %d) streaming on %s", child.pid, endpoint)
-            processor = LiveProcessor(endpoint, out=results, settings=settings, max_series=1)
+            # the demo remakes its own outputs on every run
+            processor = LiveProcessor(endpoint, out=results, settings=settings, max_series=1,
+                                      overwrite=True)
             with processor:
                 while not processor.wait(1.0):
                     if child.poll() not in (None, 0):
@@ -91,6 +93,8 @@ def _run_live(config: Config, scenario: Scenario, results: Path, fmt: str):
             log.info("%s", format_status(processor.status()))
         finally:
             _end(child)
+    if processor.failure is not None or not processor.results:
+        raise RuntimeError(processor.failure or "the live processor wrote no result")
     result = processor.results[-1]
     return result.maps, _frames_summary(processor.status())
 

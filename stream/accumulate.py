@@ -21,6 +21,7 @@ shifted between map pixels like ``moments``, merged by addition like everything 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -33,6 +34,16 @@ from .geometry import Geometry, geometry_from_description
 from .grid import DEFAULT_MAX_BINS, QGrid, check_histogram_budget, grid_for_scan
 from .qroi import QRoi, check_roi_names, roi_table
 from .scan import ScanDescription
+
+
+@functools.lru_cache(maxsize=16)
+def max_valid_for(dtype: np.dtype, max_valid: float) -> float:
+    """The largest valid count of frames of ``dtype``: ``max_valid``, or 2**bits - 2 for an
+    unsigned integer frame if lower (a counter at its largest value, 2**bits - 1, overflowed
+    or was set by the detector to mark a pixel it did not measure: DECTRIS' NODATA)."""
+    if dtype.kind == "u":
+        return min(max_valid, float(np.iinfo(dtype).max - 1))
+    return max_valid
 
 
 def native_frame(frame: np.ndarray) -> np.ndarray:
@@ -60,6 +71,15 @@ class AccumulationSettings:
     q_ref : reference q subtracted before summing moments; None = centre of the covered q range.
     q_rois : q-space ROIs (:class:`~sxdm_stream.qroi.QRoi`, or their descriptions), each with
         its own exact moments per rocking angle and map pixel; () for none (no cost).
+    max_valid_counts : the largest valid count: pixels above it are not photons but a
+        detector's mark (saturated, or not measured) and are left out of every sum and
+        counted (:attr:`Accumulator.invalid_pixels`). The largest value of an unsigned
+        integer frame (2**bits - 1, how an Eiger marks gaps, defective and overflowing
+        pixels) is invalid whatever this says. None: no other limit; the series set-up puts
+        in the one the detector announces (``saturation_value``...).
+    pixel_mask : a file of pixels to exclude (``.npy``, EDF or ``FILE.h5:/dataset``, non-zero
+        = excluded), combined with the detector's own mask where a scan's geometry is built
+        (:mod:`sxdm_stream.masks`); "" for none. It is named here so that the results record it.
     """
 
     threshold: float = 0.0
@@ -70,6 +90,8 @@ class AccumulationSettings:
     histogram_budget_mib: float = 2048.0
     q_ref: tuple[float, float, float] | None = None
     q_rois: tuple[QRoi, ...] = ()
+    max_valid_counts: float | None = None
+    pixel_mask: str = ""
 
     def __post_init__(self) -> None:
         # descriptions (dicts from JSON, TOML or asdict) become QRoi
@@ -83,6 +105,8 @@ class AccumulationSettings:
             raise ConfigError(f"threshold must be >= 0, got {self.threshold}")
         if self.histogram_budget_mib <= 0:
             raise ConfigError("histogram_budget_mib must be positive")
+        if self.max_valid_counts is not None and not self.max_valid_counts > 0:
+            raise ConfigError(f"max_valid_counts must be positive, got {self.max_valid_counts}")
 
 
 class ScanSetup:
@@ -120,6 +144,8 @@ class ScanSetup:
         self.offsets = np.stack([-(r @ geometry.ki) - self.q_ref for r in self.rots])
         self.edge0 = self.grid.edges_lo - self.q_ref
         self.inv_step = 1.0 / np.asarray(self.grid.step)
+        #: counts above are not photons (inf: no limit but 2**bits - 1, see :func:`max_valid_for`)
+        self.max_valid = float(s.max_valid_counts) if s.max_valid_counts is not None else np.inf
         self.bins = np.asarray(self.grid.bins, dtype=np.int64)
         self.roi_origin = geometry.detector.roi_bounds[0], geometry.detector.roi_bounds[2]
         self.q_rois = s.q_rois
@@ -180,6 +206,17 @@ class Accumulator:
         else:
             self.histogram = np.zeros((scan.n_points, 0), setup.histogram_dtype)
         self.frame_count = np.zeros((scan.n_angles, scan.n_points), dtype=np.int64)
+        self._invalid = np.zeros(1, dtype=np.int64)     # the kernels count into it
+
+    @property
+    def invalid_pixels(self) -> int:
+        """Unmasked detector pixels left out for holding no valid count (above
+        ``AccumulationSettings.max_valid_counts``, or 2**bits - 1), over every frame added."""
+        return int(self._invalid[0])
+
+    @invalid_pixels.setter
+    def invalid_pixels(self, value: int) -> None:
+        self._invalid[0] = value
 
     # ---- append -------------------------------------------------------------------------
     def check_frame(self, frame: np.ndarray, angle_index: int, point_index: int,
@@ -220,8 +257,9 @@ class Accumulator:
         added = kernels.accumulate_frame(
             frame, s.roi_origin[0], s.roi_origin[1], s.kf, s.mask, s.rots[angle_index],
             s.offsets[angle_index], s.edge0, s.inv_step, s.bins, scale,
-            s.settings.threshold, self.moments[angle_index, point_index], hist,
-            *self._roi_arguments(self.roi_moments[angle_index, point_index]))
+            s.settings.threshold, max_valid_for(frame.dtype, s.max_valid),
+            self.moments[angle_index, point_index], hist,
+            self._invalid, *self._roi_arguments(self.roi_moments[angle_index, point_index]))
         self.frame_count[angle_index, point_index] += 1
         return added
 
@@ -248,7 +286,8 @@ class Accumulator:
         added = kernels.accumulate_frames(
             frames, angle_index, point_index, scales, s.roi_origin[0], s.roi_origin[1], s.kf,
             s.mask, s.rots, s.offsets, s.edge0, s.inv_step, s.bins, s.settings.threshold,
-            self.moments, hist, *self._roi_arguments(self.roi_moments))
+            max_valid_for(frames.dtype, s.max_valid), self.moments, hist, self._invalid,
+            *self._roi_arguments(self.roi_moments))
         np.add.at(self.frame_count, (angle_index, point_index), 1)
         return added
 
@@ -265,6 +304,7 @@ class Accumulator:
         self.roi_moments += other.roi_moments
         self.histogram += other.histogram
         self.frame_count += other.frame_count
+        self._invalid += other._invalid
         return self
 
     # ---- views for the maps ---------------------------------------------------------------
@@ -287,10 +327,10 @@ class Accumulator:
         if into is None or into.setup is not self.setup:
             into = object.__new__(Accumulator)
             into.setup = self.setup
-            for name in ("moments", "roi_moments", "histogram", "frame_count"):
+            for name in ("moments", "roi_moments", "histogram", "frame_count", "_invalid"):
                 setattr(into, name, getattr(self, name).copy())
             return into
-        for name in ("moments", "roi_moments", "histogram", "frame_count"):
+        for name in ("moments", "roi_moments", "histogram", "frame_count", "_invalid"):
             np.copyto(getattr(into, name), getattr(self, name))
         return into
 

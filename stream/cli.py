@@ -45,6 +45,10 @@ def _processing_args(p: argparse.ArgumentParser) -> None:
                         "or not (off); [drift] in --config for the details")
     p.add_argument("--fits", action="store_true", default=None,
                    help="Gaussian fits of every masked pixel's q projections at the end of a scan")
+    p.add_argument("--max-valid-counts", type=float, metavar="COUNTS",
+                   help="detector counts above this are invalid: left out and counted (counts "
+                        "of 2**bits - 1 always are, and so are counts above the detector's own "
+                        "announced limit)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "particles, electrochemistry) to this file; an existing one is continued")
     proc.add_argument("--scan-file", type=Path,
                       help="TOML/JSON with [scan] and [geometry], for streams that carry none")
+    proc.add_argument("--mask", metavar="FILE",
+                      help="pixels to exclude besides the detector's own mask: .npy, EDF or "
+                           "FILE.h5:/path/to/dataset (non-zero = excluded)")
     proc.add_argument("--resume", action="store_true", help="continue from the checkpoint of --out")
+    proc.add_argument("--overwrite", action="store_true",
+                      help="replace an existing results file (never replaced otherwise)")
     proc.add_argument("--policy", choices=["block", "drop"], default="block",
                       help="when processing falls behind: block the sender (default) or drop")
     proc.add_argument("--series", type=int, help="exit after this many complete series")
@@ -124,19 +133,56 @@ def config_from_args(args: argparse.Namespace) -> Config:
     config = override(config, "simulation", shape=getattr(args, "shape", None),
                       n_angles=getattr(args, "angles", None), detector=getattr(args, "detector", None),
                       counts=getattr(args, "counts", None), seed=getattr(args, "seed", None))
+    mask = getattr(args, "mask", None)
     config = override(config, "accumulation", histogram_bins=getattr(args, "bins", None),
-                      histogram_budget_mib=getattr(args, "budget_mib", None))
+                      histogram_budget_mib=getattr(args, "budget_mib", None),
+                      max_valid_counts=getattr(args, "max_valid_counts", None),
+                      pixel_mask=_absolute_mask_spec(mask) if mask is not None else None)
     config = override(config, "drift", mode=getattr(args, "drift", None))
     config = override(config, "fits", enabled=getattr(args, "fits", None))
     out = getattr(args, "out", None)
     return override(config, "output", directory=str(out) if out and args.command == "demo" else None)
 
 
+def _absolute_mask_spec(spec) -> str:
+    """A mask file spec with an absolute path, so that the results record which file it was."""
+    from .masks import split_mask_spec
+
+    path, dataset = split_mask_spec(spec)
+    return str(path.resolve()) + (f":{dataset}" if dataset is not None else "")
+
+
+#: the endpoint options of every sub-command, and whether each binds
+_ENDPOINT_OPTIONS = {"connect": False, "publish": True, "serve": True, "bind": True}
+
+
+def check_endpoints(args: argparse.Namespace) -> None:
+    """One-line ConfigError for a malformed endpoint option, or a bind address in use."""
+    from .endpoints import check_bindable, check_endpoint
+
+    for name, binds in _ENDPOINT_OPTIONS.items():
+        values = getattr(args, name, None)
+        for endpoint in [values] if isinstance(values, str) else values or []:
+            check_endpoint(endpoint, f"--{name}", bind=binds)
+            if binds:
+                check_bindable(endpoint, f"--{name}")
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from .simulators.demo import run_demo as demo      # the CLI is the top layer
     from .simulators.validation import format_report
 
-    result = demo(config_from_args(args), live=not args.in_process, fmt=args.format)
+    from .signals import InterruptOnSignals
+
+    try:
+        with InterruptOnSignals():                # SIGTERM as Ctrl-C
+            result = demo(config_from_args(args), live=not args.in_process, fmt=args.format)
+    except KeyboardInterrupt as exc:
+        print(f"sxdm-stream: interrupted ({exc or 'SIGINT'})", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    except RuntimeError as exc:                   # the simulated detector or the processor failed
+        print(f"sxdm-stream: error: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
     print(f"frames: {result.frames}")
     print(f"d_ref = {result.maps.d_ref:.5f} A, mask {int(result.maps.mask.sum())} of "
           f"{result.maps.mask.size} pixels")
@@ -198,8 +244,17 @@ def run_rois(args: argparse.Namespace) -> int:
     return 0
 
 
+#: exit statuses of ``process`` and ``process-file``
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
+
+
 def run_process(args: argparse.Namespace) -> int:
-    from .live import LiveProcessor, LiveSettings, ScanOverride, format_status
+    """Exit 0 when every series received is complete and written; 1 when one is incomplete
+    (frames missing, interrupted), its results could not be written, or a thread of the
+    processor died; 2 for what the user can fix (configuration, --out exists or cannot be
+    written, a q histogram over its memory budget)."""
+    from .live import LiveProcessor, LiveSettings, ScanOverride
+    from .signals import InterruptOnSignals
 
     config = config_from_args(args)
     override_ = None
@@ -211,7 +266,8 @@ def run_process(args: argparse.Namespace) -> int:
         raise ConfigError("process needs a source: --connect tcp://HOST:31001 and/or --bluesky HOST:PORT")
     processor = LiveProcessor(args.connect, out=args.out, publish=args.publish, settings=settings,
                               override=override_, resume=args.resume, max_series=args.series,
-                              serve=args.serve, operando=args.operando)
+                              serve=args.serve, operando=args.operando,
+                              overwrite=getattr(args, "overwrite", False))
     log.info("receiving from %s%s", ", ".join(args.connect + ([f"bluesky {args.bluesky}"]
                                                                if args.bluesky else [])),
              f", publishing snapshots on {processor.publish_endpoint}" if args.publish else "")
@@ -220,24 +276,71 @@ def run_process(args: argparse.Namespace) -> int:
         from .plugins.bluesky.derived import DerivedRunPublisher
         derived = DerivedRunPublisher(args.bluesky_publish, serializer=args.bluesky_serializer)
         processor.on_result(derived)
-    processor.start()
-    bluesky = _start_bluesky(args, processor, override_) if args.bluesky else None
-    try:
-        while not processor.wait(1.0):
-            log.info("%s", format_status(processor.status()))
-    except KeyboardInterrupt:
-        log.info("interrupted: writing results (the checkpoint allows --resume)")
-    finally:
-        if bluesky is not None:
-            bluesky[0].set()
-            bluesky[1].join(30)
-        processor.stop()
-        if derived is not None:
-            derived.close()
-    log.info("%s", format_status(processor.status()))
-    for r in processor.results:
-        log.info("series %s: %s -> %s", r.series_id, "complete" if r.complete else "incomplete", r.path)
-    return 0
+    bluesky = None
+    with InterruptOnSignals() as signals:
+        try:
+            processor.start()
+            bluesky = _start_bluesky(args, processor, override_) if args.bluesky else None
+            _watch(processor)
+        except KeyboardInterrupt as exc:
+            log.info("interrupted (%s): writing what was received (the checkpoint allows "
+                     "--resume)", exc or "SIGINT")
+        finally:
+            signals.stopping()
+            if bluesky is not None:
+                bluesky[0].set()
+                bluesky[1].join(30)
+            processor.stop(timeout=None)          # a partial result is written, whatever comes
+            if derived is not None:
+                derived.close()
+    return _process_outcome(processor)
+
+
+def _watch(processor, quiet_s: float = 30.0) -> None:
+    """Log the status every second until the processor is done; warn once when nothing has
+    arrived for ``quiet_s`` seconds."""
+    from .live import format_status
+
+    started, warned = time.monotonic(), False
+    while not processor.wait(1.0):
+        status = processor.status()
+        log.info("%s", format_status(status))
+        if not warned and not status["messages"] and time.monotonic() - started > quiet_s:
+            warned = True
+            log.warning("nothing received for %.0f s: is the detector armed, and are the "
+                        "endpoints right (%s)?", quiet_s, ", ".join(processor.endpoints) or
+                        "bluesky only")
+
+
+def _process_outcome(processor) -> int:
+    """Log the end-of-run summary (one line per series kept); say why on stderr and return
+    the exit status (see :func:`run_process`)."""
+    from .live import format_status
+
+    status = processor.status()
+    log.info("%s", format_status(status))
+    for result in processor.results:
+        ok = result.complete and (result.written or result.path is None)
+        log.log(logging.INFO if ok else logging.WARNING, "%s", result.describe())
+    unwritten = processor.writer.unwritten()
+    finished, complete = processor.series_finished, status["completed"]
+    if processor.failure is not None:
+        user_error = isinstance(processor.failure_error, SxdmError)
+        kept = "" if user_error or not processor.results else (
+            "; what was received is written as incomplete" if not unwritten else
+            f"; {unwritten[0].describe()}")
+        print(f"sxdm-stream: error: {processor.failure}{kept}", file=sys.stderr)
+        return EXIT_USAGE if user_error else EXIT_INCOMPLETE
+    if unwritten:
+        print(f"sxdm-stream: error: the results of {len(unwritten)} series could not be written: "
+              f"{unwritten[0].describe()}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    if complete < finished:
+        first = next((r for r in processor.results if not r.complete), None)
+        print(f"sxdm-stream: {finished - complete} of {finished} series incomplete"
+              + (f": {first.describe()}" if first is not None else ""), file=sys.stderr)
+        return EXIT_INCOMPLETE
+    return EXIT_OK
 
 
 def _start_bluesky(args, processor, override_):
@@ -266,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
+        check_endpoints(args)
         return args.run(args)
     except SxdmError as exc:
         print(f"sxdm-stream: error: {exc}", file=sys.stderr)

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import threading
 from pathlib import Path
-
-import numpy as np
 
 from .errors import ConfigError
 
@@ -51,6 +50,8 @@ def add_file_commands(sub) -> None:
     proc = sub.add_parser("process-file", help="process a recording or beamline files directly")
     _source_args(proc)
     proc.add_argument("--out", type=Path, required=True, help="results file (NeXus HDF5)")
+    proc.add_argument("--overwrite", action="store_true",
+                      help="replace an existing results file (never replaced otherwise)")
     proc.add_argument("--workers", type=int, default=2, help="accumulating threads (files)")
     proc.add_argument("--export-xsocs", type=Path, metavar="QSPACE_H5",
                       help="also write the q-space histograms as an XSOCS qspace.h5")
@@ -77,7 +78,9 @@ def _source_args(p: argparse.ArgumentParser) -> None:
                    help="direct-beam pixel at zero detector angles, instead of the file's")
     p.add_argument("--roi", type=int, nargs=4, metavar=("R0", "R1", "C0", "C1"),
                    help="detector rows R0:R1 and columns C0:C1 to process (default: all)")
-    p.add_argument("--mask", type=Path, help="pixel mask, .npy (non-zero = excluded)")
+    p.add_argument("--mask", metavar="FILE",
+                   help="pixels to exclude besides the file's own mask: .npy, EDF or "
+                        "FILE.h5:/path/to/dataset (non-zero = excluded)")
     p.add_argument("--monitor", metavar="COUNTER",
                    help="files: normalise every frame by this measurement counter, e.g. mon "
                         "(default: no normalisation)")
@@ -99,15 +102,21 @@ def parse_scans(text: str | None) -> tuple[int, ...] | None:
 
 
 def source_options(args: argparse.Namespace):
+    """How to read ``args.source``: the geometry flags (checked for plausible units first)
+    and the user's pixel mask (``--mask``, else ``accumulation.pixel_mask`` of ``--config``)."""
+    from .config import load_config
     from .filescan import GeometryOverrides
+    from .geometry import check_distance_m, check_energy_ev, check_pixel_size_m
+    from .masks import read_mask
     from .sources import SourceOptions
 
-    mask = None
-    if args.mask is not None:
-        try:
-            mask = np.load(args.mask, allow_pickle=False) != 0
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read the mask {args.mask}: {exc}") from None
+    for value, check, flag in ((args.energy_ev, check_energy_ev, "--energy-ev"),
+                               (args.distance_m, check_distance_m, "--distance-m"),
+                               (args.pixel_size_m, check_pixel_size_m, "--pixel-size-m")):
+        if value is not None:
+            check(value, flag)
+    spec = args.mask or load_config(getattr(args, "config", None)).accumulation.pixel_mask
+    mask = read_mask(spec) if spec else None
     overrides = GeometryOverrides(args.energy_ev, args.distance_m, args.pixel_size_m,
                                   tuple(args.beam_center) if args.beam_center else None,
                                   tuple(args.roi) if args.roi else None, mask)
@@ -162,37 +171,71 @@ def run_replay(args: argparse.Namespace) -> int:
 
 
 def run_process_file(args: argparse.Namespace) -> int:
+    """Exit 0 when every series is complete and written; 1 when one is incomplete, could
+    not be written, or the run was interrupted (SIGINT or SIGTERM) or failed; 2 for what
+    the user can fix (configuration, --out exists or cannot be written)."""
     from .cli import config_from_args
     from .live import LiveSettings
-    from .process_file import process_file_scan, process_recording
+    from .live_paths import check_output
+    from .process_file import RunFailedError, process_file_scan, process_recording
     from .recording import RecordingReader
     from .replay import source_length
+    from .signals import InterruptOnSignals
     from .sources import open_source
 
     config = config_from_args(args)
+    check_output(args.out, args.overwrite)        # before reading anything
     source = open_source(args.source, source_options(args))
     is_recording = isinstance(source, RecordingReader)
     settings = LiveSettings.from_config(config, checkpoints=False)
     bar = _progress_bar(source_length(source), "msg" if is_recording else "frame",
                         args.no_progress)
     try:
-        if is_recording:
-            results = process_recording(source, args.out, settings, progress=bar.update)
-        else:
-            results = [process_file_scan(source, args.out, settings, workers=args.workers,
-                                         progress=bar.update)]
+        with InterruptOnSignals():
+            if is_recording:
+                results = process_recording(source, args.out, settings, progress=bar.update,
+                                            overwrite=args.overwrite)
+            else:
+                results = [process_file_scan(source, args.out, settings, workers=args.workers,
+                                             progress=bar.update, overwrite=args.overwrite)]
+    except KeyboardInterrupt as exc:
+        print(f"sxdm-stream: interrupted ({exc or 'SIGINT'}): the results are incomplete",
+              file=sys.stderr)
+        return 1
+    except RunFailedError as exc:
+        print(f"sxdm-stream: error: {exc}", file=sys.stderr)
+        return 1
     finally:
         bar.close()
         if is_recording:
             source.close()
+    return _files_outcome(results, args.export_xsocs)
+
+
+def _files_outcome(results, export_xsocs: Path | None) -> int:
+    """Say what became of each series (and export the first if asked); the exit status."""
     for r in results:
-        log.info("wrote %s (%.0f frames/s)", r.path, r.frames_per_s)
-    if args.export_xsocs is not None:
+        log.log(logging.INFO if r.complete and r.written else logging.WARNING,
+                "%s (%.0f frames/s)", r.describe(), r.frames_per_s)
+    if export_xsocs is not None:
         from .xsocs_export import export_results
 
-        for r in results[:1]:
-            export_results(r.path, args.export_xsocs)
-            log.info("wrote %s", args.export_xsocs)
+        for r in [r for r in results if r.written][:1]:
+            export_results(r.path, export_xsocs)
+            log.info("wrote %s", export_xsocs)
+    unwritten = [r for r in results if not r.written]
+    if unwritten:
+        print(f"sxdm-stream: error: {len(unwritten)} results not written: "
+              f"{unwritten[0].describe()}", file=sys.stderr)
+        return 1
+    incomplete = [r for r in results if not r.complete]
+    if incomplete:
+        print(f"sxdm-stream: {len(incomplete)} of {len(results)} series incomplete: "
+              f"{incomplete[0].describe()}", file=sys.stderr)
+        return 1
+    if not results:
+        print("sxdm-stream: error: no series found: nothing was written", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -23,6 +23,11 @@ Example (every key optional)::
     histogram_max_bins = 32
     histogram_dtype = "float32"
     histogram_budget_mib = 2048
+    pixel_mask = ""                  # pixels to exclude besides the detector's own mask: .npy,
+                                     # EDF or "FILE.h5:/dataset", non-zero = excluded; a path
+                                     # relative to this file (process --mask overrides it)
+    # max_valid_counts = 1e6         # counts above are invalid: left out and counted (counts
+                                     # of 2**bits - 1 always are; the detector's own limit too)
 
     [[accumulation.q_rois]]          # q-space ROIs, each with its own exact moments and maps
     name = "peak0"                   # (sxdm_stream.roi_suggest.suggest_rois prints suggestions)
@@ -69,6 +74,7 @@ from .accumulate import AccumulationSettings
 from .drift import DriftSettings
 from .particles import ParticleSettings
 from .errors import ConfigError
+from .masks import read_mask
 from .qroi import QRoi
 
 if sys.version_info >= (3, 11):
@@ -128,7 +134,8 @@ _ALLOWED = {
     "drift.mode": ("off", "auto", "given"),
 }
 _POSITIVE = {"simulation.step_um", "simulation.n_angles", "simulation.counts",
-             "accumulation.histogram_max_bins", "accumulation.histogram_budget_mib"}
+             "accumulation.histogram_max_bins", "accumulation.histogram_budget_mib",
+             "accumulation.max_valid_counts"}
 _FRACTIONS = {"maps.mask_fraction"}
 
 
@@ -162,6 +169,11 @@ def _check_range(key: str, value: Any) -> None:
         raise ConfigError(f"{key} must be positive, got {value!r}")
     if key in _FRACTIONS and not 0.0 <= value <= 1.0:
         raise ConfigError(f"{key} must lie between 0 and 1, got {value!r}")
+    if key == "accumulation.pixel_mask" and value:
+        try:
+            read_mask(value)                      # a missing or unreadable mask fails now
+        except ConfigError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
 
 
 def _section(name: str, cls: type, values: Mapping[str, Any]):
@@ -201,7 +213,7 @@ def _field_value(full: str, value: Any, f: dataclasses.Field) -> Any:
         except ConfigError as exc:
             raise ConfigError(f"{full}: {exc}") from None
     default = f.default if f.default is not dataclasses.MISSING else None
-    if full == "accumulation.threshold":
+    if full in ("accumulation.threshold", "accumulation.max_valid_counts"):
         default = 0.0
     return _coerce(full, value, default)
 
@@ -230,6 +242,10 @@ def load_config(path: str | Path | None) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
+    accumulation = data.get("accumulation")
+    if isinstance(accumulation, dict) and isinstance(accumulation.get("pixel_mask"), str) \
+            and accumulation["pixel_mask"]:      # a mask file named relative to the configuration
+        accumulation["pixel_mask"] = str(Path(path).parent / accumulation["pixel_mask"])
     return config_from_dict(data)
 
 
@@ -258,14 +274,15 @@ def _tomlish(d: dict) -> dict:
 
 def load_scan_file(path: str | Path):
     """(ScanDescription, Geometry) from a TOML or JSON file with ``scan`` and ``geometry``
-    tables in the layout of their ``describe()`` (what the simulator puts in user_data).
+    tables in the layout of their ``describe()`` (what the simulator puts in user_data), and
+    optionally ``pixel_mask``: a mask file (.npy, EDF, "FILE.h5:/dataset"; non-zero = excluded,
+    a path relative to the scan file) that becomes the geometry's detector mask.
 
-    For detectors that send no scan description; the pixel mask comes from the detector.
+    For detectors that send no scan description. As strict as :func:`load_config`: an unknown
+    key is an error naming it; ``geometry.wavelength_a``, if given, must agree with
+    ``geometry.energy_ev`` (or stands for it).
     """
     import json
-
-    from .geometry import geometry_from_description
-    from .scan import ScanDescription
 
     path = Path(path)
     try:
@@ -275,7 +292,63 @@ def load_scan_file(path: str | Path):
         raise ConfigError(f"cannot read scan file {path}: {exc.strerror}") from None
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from None
+    try:
+        return _scan_file_content(data, path.parent)
+    except ConfigError as exc:
+        raise ConfigError(f"scan file {path}: {exc}") from None
+
+
+def _scan_file_keys() -> dict[str, set[str]]:
+    """The keys a scan file may hold, per table: those ``describe()`` writes."""
+    from .geometry import Detector, Geometry
+    from .scan import ScanDescription
+
+    geometry = Geometry(Detector((1, 1), 55e-6, 1.0, (0.0, 0.0)), 8000.0).describe()
+    return {"": {"scan", "geometry", "pixel_mask"},
+            "scan": {f.name for f in dataclasses.fields(ScanDescription)},
+            "geometry": set(geometry), "geometry.detector": set(geometry["detector"])}
+
+
+def _check_keys(data: Any, table: str, allowed: set[str]) -> None:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"[{table}] must be a table of keys, got {data!r}")
+    for key in data:
+        if key not in allowed:
+            full = f"{table}.{key}" if table else key
+            raise ConfigError(f"unknown key {full}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _scan_file_content(data: Any, folder: Path):
+    from .geometry import HC_EV_ANGSTROM, check_energy_ev, geometry_from_description
+    from .scan import ScanDescription
+
+    keys = _scan_file_keys()
+    _check_keys(data, "", keys[""])
     for key in ("scan", "geometry"):
         if key not in data:
-            raise ConfigError(f"scan file {path} lacks the [{key}] table")
-    return ScanDescription.from_description(data["scan"]), geometry_from_description(data["geometry"])
+            raise ConfigError(f"lacks the [{key}] table")
+        _check_keys(data[key], key, keys[key])
+    geometry = dict(data["geometry"])
+    _check_keys(geometry.get("detector", {}), "geometry.detector", keys["geometry.detector"])
+    energy = geometry.get("energy_ev")
+    if isinstance(energy, (int, float)) and not isinstance(energy, bool):
+        check_energy_ev(energy, "geometry.energy_ev")     # the unit hint before any other
+    if "wavelength_a" in geometry:
+        wavelength = geometry["wavelength_a"]
+        if isinstance(wavelength, bool) or not isinstance(wavelength, (int, float)) \
+                or not wavelength > 0:
+            raise ConfigError(f"geometry.wavelength_a must be a positive number, "
+                              f"got {wavelength!r}")
+        from_wavelength = HC_EV_ANGSTROM / wavelength
+        energy = geometry.setdefault("energy_ev", from_wavelength)
+        if isinstance(energy, (int, float)) and abs(from_wavelength - energy) > 1e-4 * energy:
+            raise ConfigError(f"geometry.energy_ev {energy} and geometry.wavelength_a {wavelength} "
+                              f"disagree ({wavelength} A is {from_wavelength:.1f} eV)")
+    mask = None
+    if data.get("pixel_mask"):
+        if not isinstance(data["pixel_mask"], str):
+            raise ConfigError(f"pixel_mask must be a file name, got {data['pixel_mask']!r}")
+        mask = read_mask(folder / data["pixel_mask"])
+    scan = ScanDescription.from_description(data["scan"])
+    geometry = geometry_from_description(geometry, mask)
+    return scan, geometry

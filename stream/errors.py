@@ -32,6 +32,13 @@ class IncompatibleFileError(SxdmError):
     """A file is not of the layout or version we can read."""
 
 
+class CheckpointError(IncompatibleFileError):
+    """A checkpoint is damaged (its checksum fails) or belongs to another scan: it is refused,
+    never resumed into a results file. ``reason`` is the key it is counted under."""
+
+    reason = "checkpoint_refused"
+
+
 class BadMessageError(SxdmError, ValueError):
     """A message from a socket cannot be decoded (malformed, unknown tag, truncated payload...).
 

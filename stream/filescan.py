@@ -11,6 +11,7 @@ angle, then map point, which :class:`sxdm_stream.scan.ScanDescription` maps to f
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,7 +23,10 @@ import numpy as np
 
 from .errors import ConfigError, IncompatibleFileError
 from .geometry import Detector, Geometry
+from .masks import combine_masks
 from .scan import ScanDescription
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,8 @@ class GeometryOverrides:
     """Values given by the user that replace what a file says (None: keep the file's).
 
     Units: eV, metres, pixels (row, col); ``roi`` is (row_start, row_stop, col_start,
-    col_stop); ``mask`` is boolean (rows, cols), True = excluded, and replaces the file's.
+    col_stop); ``mask`` is boolean (rows, cols), True = excluded, and is added to the file's
+    (logical OR; the pixels of each are logged once).
     """
 
     energy_ev: float | None = None
@@ -45,14 +50,16 @@ class GeometryOverrides:
         det = geometry.detector
         changes = {k: v for k, v in (("distance_m", self.distance_m),
                                      ("pixel_size_m", self.pixel_size_m),
-                                     ("beam_center", self.beam_center), ("roi", self.roi),
-                                     ("mask", self.mask)) if v is not None}
+                                     ("beam_center", self.beam_center), ("roi", self.roi))
+                   if v is not None}
         if "beam_center" in changes:
             changes["beam_center"] = tuple(float(v) for v in changes["beam_center"])
         if "roi" in changes:
             changes["roi"] = tuple(int(v) for v in changes["roi"])
-        if "mask" in changes:
-            changes["mask"] = np.asarray(changes["mask"], dtype=bool)
+        if self.mask is not None:
+            masks = combine_masks(det.shape, {"the file": det.mask, "--mask": self.mask})
+            log.info("%s", masks.summary())
+            changes["mask"] = masks.mask
         detector = replace(det, **changes) if changes else det
         energy = self.energy_ev if self.energy_ev is not None else geometry.energy_ev
         return Geometry(detector, energy, geometry.diffractometer)

@@ -34,6 +34,49 @@ HC_EV_ANGSTROM = 12398.419843320026
 
 _AXIS_VECTORS = {"x": (1.0, 0.0, 0.0), "y": (0.0, 1.0, 0.0), "z": (0.0, 0.0, 1.0)}
 
+# Plausible values for hard X-ray diffraction: beyond them a number is almost surely in
+# another unit (keV given as eV gave d = 4734 A instead of 4.73 A), so it is refused with a
+# hint rather than turned into a wrong map.
+ENERGY_RANGE_EV = (1.0e3, 1.0e5)
+MAX_PIXEL_SIZE_M = 1.0e-3
+DISTANCE_RANGE_M = (0.01, 20.0)
+
+
+def _unit_hint(value: float, lo: float, hi: float, factors: tuple[tuple[float, str], ...],
+               unit: str) -> str:
+    """The hint ": did you mean ...?" of the unit conversions of ``value`` into [lo, hi]."""
+    guesses = [f"{value * f:.6g} {unit} ({value:g} {given})" for f, given in factors
+               if lo <= value * f <= hi]
+    return f": did you mean {' or '.join(guesses)}?" if guesses else ""
+
+
+def check_energy_ev(value: float, name: str = "energy_ev") -> float:
+    """``value`` if it is an X-ray energy of 1-100 keV in eV; ConfigError with a hint if not."""
+    lo, hi = ENERGY_RANGE_EV
+    if not lo <= value <= hi:                     # NaN fails too
+        raise ConfigError(f"{name} {value:g} eV is outside {lo:g}-{hi:g} eV (1-100 keV)"
+                          + _unit_hint(value, lo, hi, ((1e3, "keV"), (1e-3, "meV")), "eV"))
+    return value
+
+
+def check_pixel_size_m(value: float, name: str = "pixel_size_m") -> float:
+    """``value`` if it is a detector pixel size in metres of at most 1 mm; ConfigError if not."""
+    if not 0.0 < value <= MAX_PIXEL_SIZE_M:
+        raise ConfigError(f"{name} {value:g} m is not a pixel size between 0 and "
+                          f"{MAX_PIXEL_SIZE_M:g} m (1 mm)"
+                          + _unit_hint(value, 1e-6, MAX_PIXEL_SIZE_M,
+                                       ((1e-3, "mm"), (1e-6, "um")), "m"))
+    return value
+
+
+def check_distance_m(value: float, name: str = "distance_m") -> float:
+    """``value`` if it is a sample-detector distance of 0.01-20 m; ConfigError if not."""
+    lo, hi = DISTANCE_RANGE_M
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} {value:g} m is outside {lo:g}-{hi:g} m"
+                          + _unit_hint(value, lo, hi, ((1e-3, "mm"), (1e-2, "cm")), "m"))
+    return value
+
 
 def wavelength_angstrom(energy_ev: float) -> float:
     """Wavelength in Angstrom of photons of ``energy_ev`` electron-volts."""
@@ -134,6 +177,8 @@ class Detector:
         axis_vector(self.col_direction)
         if self.pixel_size_m <= 0 or self.distance_m <= 0:
             raise ConfigError("detector pixel_size_m and distance_m must be positive")
+        check_pixel_size_m(self.pixel_size_m, "detector pixel_size_m")
+        check_distance_m(self.distance_m, "detector distance_m")
         if self.roi is not None:
             r0, r1, c0, c1 = self.roi
             if not (0 <= r0 < r1 <= rows and 0 <= c0 < c1 <= cols):
@@ -191,6 +236,7 @@ class Geometry:
     ) -> None:
         if not energy_ev > 0:
             raise ConfigError(f"energy_ev must be positive, got {energy_ev}")
+        check_energy_ev(float(energy_ev))
         self.detector = detector
         self.energy_ev = float(energy_ev)
         self.diffractometer = diffractometer or Diffractometer()
@@ -293,6 +339,8 @@ def geometry_from_description(d: Mapping, mask: np.ndarray | None = None) -> Geo
         return Geometry(detector, float(d["energy_ev"]), diffractometer)
     except KeyError as exc:
         raise ConfigError(f"geometry description lacks the key {exc.args[0]!r}") from None
+    except ConfigError as exc:                    # a value out of range: its own message
+        raise ConfigError(f"geometry description: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"geometry description is malformed: {exc}") from None
 

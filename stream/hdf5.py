@@ -68,7 +68,8 @@ def write_results(path, maps: MapSet, setup: ScanSetup, accumulator: Accumulator
     hits : (bx, by, bz) unmasked detector pixels per q bin (:meth:`ScanSetup.hits`), stored
         beside the histogram (so only with an accumulator that keeps one).
     extra_attrs : attributes of ``/entry`` such as ``status="running"`` or the frames processed;
-        dicts and lists are stored as JSON text.
+        dicts and lists are stored as JSON text. With an accumulator, ``invalid_pixels`` (its
+        detector pixels left out for holding no valid count) is one of them.
     analysis : a :class:`sxdm_stream.analysis.ScanAnalysis` whose ``maps`` are ``maps``: its
         drift, particles, q-ROI maps, ROI suggestion and fits are written too.
 
@@ -80,8 +81,11 @@ def write_results(path, maps: MapSet, setup: ScanSetup, accumulator: Accumulator
     """
     _check_inputs(maps, setup, accumulator, hits)
     user_config = None if config is None else _to_json(config)
+    attrs = dict(extra_attrs or {})
+    if accumulator is not None:
+        attrs.setdefault("invalid_pixels", accumulator.invalid_pixels)
     with atomic_h5(path) as f:
-        entry = _write_entry(f, setup.scan, extra_attrs or {})
+        entry = _write_entry(f, setup.scan, attrs)
         write_map_groups(entry, maps, setup.scan)
         _write_instrument(entry, setup)
         _write_process(entry, maps, setup, user_config)

@@ -17,6 +17,11 @@ For a pixel p of the ROI with counts c (kept when ``c >= threshold``, so never N
   ``|(dq - centre) / semi|^2 <= 1`` (1/semi-axes 0 for a box). ``rois`` and ``roi_moments``
   are None when there are no ROIs: numba then compiles a specialisation without the ROI code
   (it prunes ``is None`` branches on arguments), so ROIs cost nothing unless configured.
+* invalid pixels: counts ``c > max_valid`` are not photons but the detector's mark of a
+  pixel it did not measure (2**bits - 1 on an Eiger: gaps, defective or overflowing pixels)
+  or a count above its saturation. Unmasked pixels so marked are left out of every sum and
+  counted in ``invalid[0]``; ``max_valid = inf`` when there is no such limit. The test costs
+  nothing on the zero pixels, which the kernel skips before looking at a count.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ N_MOMENTS = 10
 
 @njit(nogil=True, cache=True)
 def _accumulate_one(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
-                    scale, threshold, moments, hist, rois, roi_moments):
+                    scale, threshold, max_valid, moments, hist, invalid, rois, roi_moments):
     # Shaped for speed (see benchmarks/README.md): rows are taken as views so the inner
     # loops index from 0 (numba's negative-index handling on frame[r0 + i, c0 + j] stops
     # vectorisation); the non-zero columns of a row are first collected without branching,
@@ -47,6 +52,7 @@ def _accumulate_one(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
     e0, e1, e2 = edge0[0], edge0[1], edge0[2]
     i0, i1, i2 = inv_step[0], inv_step[1], inv_step[2]
     cols = np.empty(w, np.int64)
+    n_invalid = 0
     s0 = 0.0
     s1x = s1y = s1z = 0.0
     sxx = sxy = sxz = syy = syz = szz = 0.0
@@ -62,6 +68,9 @@ def _accumulate_one(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
             j = cols[k]
             c = row[j]
             if not c >= threshold or mrow[j]:      # NaN fails c >= threshold
+                continue
+            if c > max_valid:                      # the detector's "not measured" mark
+                n_invalid += 1
                 continue
             wt = c * scale
             kx, ky, kz = kfrow[j, 0], kfrow[j, 1], kfrow[j, 2]
@@ -98,6 +107,7 @@ def _accumulate_one(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
     moments[S2YY] += syy
     moments[S2YZ] += syz
     moments[S2ZZ] += szz
+    invalid[0] += n_invalid
     return s0
 
 
@@ -127,23 +137,25 @@ def _add_to_rois(rois, dx, dy, dz, wt, out):
 
 @njit(nogil=True, cache=True)
 def accumulate_frame(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
-                     scale, threshold, moments, hist, rois, roi_moments):
+                     scale, threshold, max_valid, moments, hist, invalid, rois, roi_moments):
     """Add one frame into ``moments`` (10,), ``hist`` (n_bins,) or (0,), and the q-ROI
     moments ``roi_moments`` (n_rois, 10) of the ROIs in ``rois`` (n_rois, 12), both None
-    without ROIs; returns S0 added."""
+    without ROIs; unmasked pixels with counts ``> max_valid`` are counted in ``invalid`` (1,)
+    instead. Returns S0 added."""
     return _accumulate_one(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
-                           scale, threshold, moments, hist, rois, roi_moments)
+                           scale, threshold, max_valid, moments, hist, invalid, rois, roi_moments)
 
 
 @njit(nogil=True, cache=True)
 def accumulate_frames(frames, angle_index, point_index, scales, r0, c0, kf, mask, rots,
-                      offsets, edge0, inv_step, bins, threshold, moments, hist, rois,
-                      roi_moments):
+                      offsets, edge0, inv_step, bins, threshold, max_valid, moments, hist, invalid,
+                      rois, roi_moments):
     """Add a stack of frames (n, rows, cols).
 
     ``moments`` is (n_angles, n_points, 10); ``hist`` is (n_points, n_bins) or (n_points, 0);
     ``roi_moments`` is (n_angles, n_points, n_rois, 10) for the ROI table ``rois`` (n_rois, 12);
-    both are None without ROIs.
+    both are None without ROIs. Invalid pixels (counts ``> max_valid``) of all frames are
+    counted in ``invalid`` (1,).
     Frame f goes to rocking angle ``angle_index[f]`` and map pixel ``point_index[f]``.
     Returns the S0 added per frame.
     """
@@ -152,12 +164,12 @@ def accumulate_frames(frames, angle_index, point_index, scales, r0, c0, kf, mask
         a, p = angle_index[f], point_index[f]
         if rois is None:
             added[f] = _accumulate_one(frames[f], r0, c0, kf, mask, rots[a], offsets[a], edge0,
-                                       inv_step, bins, scales[f], threshold, moments[a, p],
-                                       hist[p], None, None)
+                                       inv_step, bins, scales[f], threshold, max_valid,
+                                       moments[a, p], hist[p], invalid, None, None)
         else:
             added[f] = _accumulate_one(frames[f], r0, c0, kf, mask, rots[a], offsets[a], edge0,
-                                       inv_step, bins, scales[f], threshold, moments[a, p],
-                                       hist[p], rois, roi_moments[a, p])
+                                       inv_step, bins, scales[f], threshold, max_valid,
+                                       moments[a, p], hist[p], invalid, rois, roi_moments[a, p])
     return added
 
 

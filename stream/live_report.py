@@ -20,7 +20,26 @@ def format_status(status: dict) -> str:
             f"| rejected {rejected}{' ' + str(status['rejected']) if rejected else ''} "
             f"| dropped {status['dropped']} | queued {status['queued']}"
             + (f" | latency p99 {1000 * lat:.0f} ms" if lat is not None else "")
-            + (f" | waiting for positions {status['held']}" if status.get("held") else ""))
+            + (f" | waiting for positions {status['held']}" if status.get("held") else "")
+            + (f" | internal errors {status['internal_errors']}"
+               if status.get("internal_errors") else ""))
+
+
+def missing_per_angle(included: np.ndarray, n_angles: int) -> np.ndarray:
+    """Frames not in the sums, per rocking angle (frame index = angle * n_points + point)."""
+    included = np.asarray(included, bool)
+    return (~included).reshape(n_angles, -1).sum(axis=1).astype(np.int64)
+
+
+def format_missing(missing: np.ndarray, limit: int = 8) -> str:
+    """``"37 frames missing (rocking angle 4: 30, 9: 7)"``: the angles with frames missing,
+    the first ``limit`` of them."""
+    missing = np.asarray(missing)
+    angles = np.flatnonzero(missing)
+    listed = ", ".join(f"{a}: {missing[a]}" for a in angles[:limit])
+    more = f", ... {len(angles) - limit} more angles" if len(angles) > limit else ""
+    return (f"{int(missing.sum())} frames missing (rocking angle "
+            f"{listed}{more})") if len(angles) else "no frame missing"
 
 
 #: the q-ROI maps a snapshot carries (as ``roi.<name>.<map>``)

@@ -4,6 +4,8 @@
 frame to its (rocking angle, map pixel) by frame index through the scan description, adds it,
 and accounts for every frame: processed, or rejected with a reason (reported once per reason,
 counted always). A bad frame never takes down the processor nor touches what was accumulated.
+Detector pixels holding the detector's invalid value are left out by the accumulator and
+counted (:attr:`ScanProcessor.invalid_pixels`); the first frame that has any says so in the log.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-from .accumulate import Accumulator, ScanSetup
+from .accumulate import Accumulator, ScanSetup, max_valid_for
 from .errors import BadFrameError, ConfigError
 from .maps import DEFAULT_MASK_FRACTION, MapSet, derive_maps
 
@@ -60,6 +63,8 @@ class ScanProcessor:
         self.included = np.zeros(setup.scan.n_frames, dtype=bool)
         #: rocking angles finished: the acquisition has moved past them
         self.angles_done = 0
+        #: the checkpoint this scan was restored from (None: started afresh)
+        self.resumed_from: Path | None = None
         self._reported: set[str] = set()
 
     def add(self, frame_index: int, frame: np.ndarray, monitor: float | None = None,
@@ -77,10 +82,19 @@ class ScanProcessor:
                 point = self._point_from_positions(positions, point)
             if self.included[frame_index]:
                 raise BadFrameError(f"frame index {frame_index} was already added", "duplicate_image")
+            invalid_before = self.accumulator.invalid_pixels
             self.accumulator.add_frame(frame, angle, point, monitor)
         except BadFrameError as exc:
             self._reject(exc.reason, f"frame {frame_index}: {exc}")
             return False
+        new_invalid = self.accumulator.invalid_pixels - invalid_before
+        if new_invalid and "invalid_pixels" not in self._reported:
+            self._reported.add("invalid_pixels")
+            log.warning("frame %d: %d detector pixels hold no valid count (above %.10g: the "
+                        "detector's invalid value or saturation): left out of the sums and "
+                        "counted as invalid_pixels (a pixel mask that covers them silences "
+                        "this)", frame_index, new_invalid,
+                        max_valid_for(frame.dtype, self.setup.max_valid))
         self.included[frame_index] = True
         self.counters.processed += 1
         self.angles_done = max(self.angles_done, angle)
@@ -127,6 +141,12 @@ class ScanProcessor:
         self.counters.rejected.update(other.counters.rejected)
         self.angles_done = max(self.angles_done, other.angles_done)
         return self
+
+    @property
+    def invalid_pixels(self) -> int:
+        """Detector pixels left out of the sums for holding the detector's invalid value,
+        over every frame added (one pixel of one frame counts one)."""
+        return self.accumulator.invalid_pixels
 
     @property
     def complete(self) -> bool:

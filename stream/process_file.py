@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from .accumulate import ScanSetup
 from .analysis import analyse
 from .dectris import Decoder
@@ -29,6 +31,8 @@ from .errors import BadMessageError, SxdmError
 from .filescan import FileScan
 from .hdf5 import write_results
 from .live import LiveProcessor, LiveSettings
+from .live_paths import check_output
+from .live_report import format_missing, missing_per_angle
 from .maps import MapSet
 from .pipeline import ScanProcessor
 from .recording import RecordingReader
@@ -36,20 +40,40 @@ from .recording import RecordingReader
 log = logging.getLogger(__name__)
 
 
+class RunFailedError(RuntimeError):
+    """The processing stopped before the end (a thread of the live processor died)."""
+
+
 @dataclass
 class FileResult:
-    """One processed series: its maps, the merged processor and where it was written."""
+    """One processed series: its maps, the merged processor and where it was written.
+
+    ``complete``: every frame of the scan is in the sums (else ``missing`` per rocking
+    angle); ``written``: ``path`` holds the results (else ``write_error`` says why)."""
 
     maps: MapSet
     processor: ScanProcessor | None
     path: Path | None
     frames_per_s: float
+    complete: bool = True
+    missing: np.ndarray | None = None
+    written: bool = True
+    write_error: str | None = None
+
+    def describe(self) -> str:
+        """One line: ``complete -> path`` or what is missing, or why nothing was written."""
+        state = "complete" if self.complete else "incomplete: " + (
+            format_missing(self.missing) if self.missing is not None else "frames missing")
+        where = ("" if self.path is None else f" -> {self.path}" if self.written
+                 else f", NOT WRITTEN to {self.path} ({self.write_error})")
+        return state + where
 
 
 def process_file_scan(file_scan: FileScan, out: str | Path | None = None,
                       settings: LiveSettings | None = None, workers: int = 2,
                       block_size: int = 32,
-                      progress: Callable[[int], None] | None = None) -> FileResult:
+                      progress: Callable[[int], None] | None = None,
+                      overwrite: bool = False) -> FileResult:
     """Accumulate every frame of ``file_scan`` with ``workers`` threads and write ``out``.
 
     Parameters
@@ -60,7 +84,13 @@ def process_file_scan(file_scan: FileScan, out: str | Path | None = None,
     workers : threads, each with its own accumulator, merged by addition.
     block_size : frames read at a time.
     progress : called with the number of frames of each block done.
+    overwrite : an existing ``out`` may be replaced (else ConfigError before any work).
+
+    A results file that cannot be written is logged and said in the result (``written``);
+    the maps are still returned.
     """
+    if out is not None:
+        check_output(Path(out), overwrite)
     settings = settings or LiveSettings()
     setup = ScanSetup(file_scan.geometry, file_scan.scan, settings.accumulation)
     blocks: queue.Queue = queue.Queue()
@@ -87,13 +117,21 @@ def process_file_scan(file_scan: FileScan, out: str | Path | None = None,
     rate = merged.counters.processed / max(time.perf_counter() - t0, 1e-9)
     analysis = analyse(merged.accumulator, settings.analysis, final=merged.complete)
     maps = analysis.maps
+    error = None
     if out is not None:
-        write_results(out, maps, setup, merged.accumulator,
-                      hits=setup.hits() if setup.keep_histogram else None,
-                      extra_attrs=_attrs(file_scan, merged), analysis=analysis)
+        try:
+            write_results(out, maps, setup, merged.accumulator,
+                          hits=setup.hits() if setup.keep_histogram else None,
+                          extra_attrs=_attrs(file_scan, merged), analysis=analysis)
+        except Exception as exc:                  # a full disk, a folder gone, an HDF5 error
+            error = str(exc) if isinstance(exc, (OSError, SxdmError)) else \
+                f"{type(exc).__name__}: {exc}"
+            log.error("could not write the results to %s: %s", out, error)
     log.info("%s: %d frames processed, %d rejected (%.0f frames/s, %d threads)", file_scan.path,
              merged.counters.processed, merged.counters.n_rejected, rate, len(threads))
-    return FileResult(maps, merged, Path(out) if out is not None else None, rate)
+    missing = missing_per_angle(merged.included, scan.n_angles)
+    return FileResult(maps, merged, Path(out) if out is not None else None, rate,
+                      merged.complete, missing, error is None, error)
 
 
 def _work(file_scan: FileScan, processor: ScanProcessor, blocks: queue.Queue,
@@ -119,42 +157,59 @@ def _work(file_scan: FileScan, processor: ScanProcessor, blocks: queue.Queue,
 
 def _attrs(file_scan: FileScan, p: ScanProcessor) -> dict:
     complete = bool(p.included.all())
+    missing = missing_per_angle(p.included, file_scan.scan.n_angles)
     return {"status": "complete" if complete else "incomplete", "source": str(file_scan.path),
             "source_kind": file_scan.kind, "frames_received": p.counters.received,
             "frames_processed": p.counters.processed, "frames_rejected": p.counters.n_rejected,
-            "frames_dropped": 0}
+            "frames_dropped": 0, "frames_missing": int(missing.sum()),
+            "frames_missing_per_angle": missing}
 
 
 def process_recording(reader: RecordingReader, out: str | Path | None = None,
                       settings: LiveSettings | None = None,
-                      progress: Callable[[int], None] | None = None) -> list[FileResult]:
+                      progress: Callable[[int], None] | None = None,
+                      overwrite: bool = False) -> list[FileResult]:
     """Feed every message of a recording to a socket-less :class:`LiveProcessor`.
 
     Messages that do not decode are counted under their reason, as the live receiver counts
     them. Returns one result per series (results files named as the live processor names
-    them: ``out``, then ``<stem>_<series_id><suffix>``).
+    them: ``out``, then ``<stem>_<series_id><suffix>``, never one another's).
+
+    Raises
+    ------
+    SxdmError : the run cannot be processed (a q histogram over its memory budget).
+    RunFailedError : the processing stopped before the end (a thread died).
     """
     settings = settings or LiveSettings(checkpoints=False)
     decoder, reported = Decoder(), set()
     t0 = time.perf_counter()
-    live = LiveProcessor(None, out=out, settings=settings)
+    live = LiveProcessor(None, out=out, settings=settings, overwrite=overwrite)
     finished = []                                  # every series (live.results keeps the last few)
     live.on_result(finished.append)
     with live:
         for _t, parts in reader.messages():
+            if live.failure is not None:
+                break
             try:
-                live.submit(decoder.decode(parts, received_s=time.perf_counter()))
+                message = decoder.decode(parts, received_s=time.perf_counter())
+                if message is not None:          # None: a v1 header held for its configuration
+                    live.submit(message)
             except BadMessageError as exc:
-                live.receiver.messages += 1
-                live.receiver.rejected[exc.reason] += 1
+                live.receiver.reject(exc.reason)
                 if exc.reason not in reported:
                     reported.add(exc.reason)
                     log.warning("%s: rejected a message (further %r only counted): %s",
                                 reader.path, exc.reason, exc)
             if progress is not None:
                 progress(1)
+    if isinstance(live.failure_error, SxdmError):
+        raise live.failure_error
+    if live.failure is not None:
+        raise RunFailedError(live.failure)
     elapsed = max(time.perf_counter() - t0, 1e-9)
     status = live.status()
     if status["rejected"]:
         log.warning("%s: rejected %s", reader.path, status["rejected"])
-    return [FileResult(r.maps, None, r.path, status["processed"] / elapsed) for r in finished]
+    rate = status["processed"] / elapsed
+    return [FileResult(r.maps, None, r.path, rate, r.complete, r.missing,
+                       r.written or r.path is None, r.write_error) for r in finished]

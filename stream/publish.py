@@ -190,17 +190,34 @@ def encode_pixel_request(point: int) -> list[bytes]:
     return [json.dumps({"request": "pixel", "point": int(point)}).encode()]
 
 
+#: longest pixel request read (a real one is ~40 bytes): longer ones are refused unparsed,
+#: so neither deep nesting nor a number of thousands of digits reaches the JSON parser
+MAX_PIXEL_REQUEST_BYTES = 1024
+#: the REP socket drops (disconnects) a peer sending more than this in one message
+MAX_PIXEL_MESSAGE_BYTES = 1 << 20
+
+
 def decode_pixel_request(parts: list[bytes]) -> int:
-    """The flat map index asked for; BadMessageError if the request is not one."""
+    """The flat map index asked for; BadMessageError if the request is not one.
+
+    The index must be a JSON integer (``true`` is not one) between 0 and 2**53; whether it
+    lies on the map is for the processor to say."""
+    usage = "a pixel request is one JSON part {'request': 'pixel', 'point': int}"
+    if len(parts) != 1:
+        raise BadMessageError(f"{usage}, not {len(parts)} parts", "malformed")
+    if len(parts[0]) > MAX_PIXEL_REQUEST_BYTES:
+        raise BadMessageError(f"{usage}; this one has {len(parts[0])} bytes", "malformed")
     try:
-        request = json.loads(bytes(parts[0])) if len(parts) == 1 else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        request = None
-    if not isinstance(request, dict) or request.get("request") != "pixel" \
-            or not isinstance(request.get("point"), int):
-        raise BadMessageError("a pixel request is one JSON part {'request': 'pixel', 'point': int}",
+        request = json.loads(bytes(parts[0]))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise BadMessageError(f"{usage}; this one is not JSON", "malformed") from None
+    if not isinstance(request, dict) or request.get("request") != "pixel":
+        raise BadMessageError(usage, "malformed")
+    point = request.get("point")
+    if type(point) is not int or not 0 <= point <= 2**53:
+        raise BadMessageError(f"{usage}; its point {str(point)[:40]!r} is not a map pixel index",
                               "malformed")
-    return request["point"]
+    return point
 
 
 def encode_pixel_reply(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> list[bytes]:
@@ -211,6 +228,27 @@ def encode_pixel_reply(header: dict[str, Any], arrays: dict[str, np.ndarray]) ->
         buffers.append(a.tobytes())
     head = {"format": PIXEL_FORMAT, "version": VERSION, **header, "arrays": specs}
     return [json.dumps(head).encode()] + buffers
+
+
+def pixel_reply(processor, series_id: int, point: int) -> list[bytes]:
+    """The reply about map pixel ``point`` of ``processor`` (a ScanProcessor; None: no scan
+    yet): its q histogram, rocking curve and moments, or an error reply."""
+    if processor is None:
+        return encode_pixel_error("no scan received yet")
+    setup = processor.setup
+    scan, acc = setup.scan, processor.accumulator
+    if not 0 <= point < scan.n_points:
+        return encode_pixel_error(f"map pixel {point} is outside 0..{scan.n_points - 1}")
+    moments = acc.moments[:, point].sum(axis=0)
+    com = setup.q_ref + (moments[1:4] / moments[0] if moments[0] > 0 else np.nan)
+    header = {"point": point, "series_id": series_id, "q_ref": setup.q_ref.tolist(),
+              "grid": setup.grid.describe() if setup.keep_histogram else None,
+              "com": np.asarray(com, float).tolist(), "rocking_angles": list(scan.rocking_angles),
+              "rocking_axis": scan.rocking_axis}
+    arrays = {"rocking_curve": acc.moments[:, point, 0].copy(), "moments": moments}
+    if setup.keep_histogram:
+        arrays["histogram"] = acc.histogram[point].reshape(setup.grid.bins).copy()
+    return encode_pixel_reply(header, arrays)
 
 
 def encode_pixel_error(message: str) -> list[bytes]:
@@ -231,3 +269,56 @@ def decode_pixel_reply(parts: list[bytes]) -> Snapshot:
     if len(specs) != len(parts) - 1:
         raise BadMessageError("pixel reply array count differs from its parts", "size_mismatch")
     return Snapshot(header, {s["name"]: _array(s, bytes(b)) for s, b in zip(specs, parts[1:])})
+
+
+class PixelService:
+    """Answers pixel requests on a REP socket, from the thread that owns the sums.
+
+    Every request gets one reply (REP must answer before it can receive again): the pixel's
+    arrays, or an error reply for a request that is not valid and, counted by ``on_error``,
+    for one whose answer failed.
+
+    Parameters
+    ----------
+    endpoint : REP endpoint to bind, e.g. "tcp://127.0.0.1:5561" (port 0 or * for any).
+    context : the ZeroMQ context.
+    """
+
+    def __init__(self, endpoint: str, context: zmq.Context | None = None) -> None:
+        self._context = context or zmq.Context.instance()
+        self.socket = self._context.socket(zmq.REP)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_PIXEL_MESSAGE_BYTES)
+        try:
+            self.socket.bind(endpoint)
+        except zmq.ZMQError:
+            self.socket.close()
+            raise
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def answer_pending(self, reply_for, on_error) -> int:
+        """Answer every request waiting now; returns how many.
+
+        Parameters
+        ----------
+        reply_for : ``reply_for(point) -> list[bytes]``, the reply to a valid request.
+        on_error : ``on_error(exc)``, told of an exception ``reply_for`` raised (the
+            requester then gets an error reply).
+        """
+        answered = 0
+        while self.socket.poll(0):
+            parts = self.socket.recv_multipart()
+            try:
+                reply = reply_for(decode_pixel_request(parts))
+            except BadMessageError as exc:
+                reply = encode_pixel_error(str(exc))
+            except Exception as exc:              # a bug of ours must not stop the service
+                on_error(exc)
+                reply = encode_pixel_error("internal error answering this request (see the "
+                                           "processor's log)")
+            self.socket.send_multipart(reply)
+            answered += 1
+        return answered
+
+    def close(self) -> None:
+        self.socket.close()

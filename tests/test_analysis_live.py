@@ -144,13 +144,13 @@ def test_particles_and_fits_in_the_results_file(small_scenario, tmp_path):
 @pytest.mark.logs_errors
 def test_a_failing_analysis_never_stops_the_processor_nor_loses_the_sums(small_scenario,
                                                                         tmp_path, monkeypatch):
-    import sxdm_stream.live as live_module
+    import sxdm_stream.live_snapshots as live_snapshots
     import sxdm_stream.live_writer as live_writer
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug in the analysis")
 
-    monkeypatch.setattr(live_module, "analyse", broken)          # snapshots
+    monkeypatch.setattr(live_snapshots, "analyse", broken)       # snapshots
     monkeypatch.setattr(live_writer, "analyse", broken)          # results files
     kept = []
     with pytest.raises(AssertionError):                  # run_live expects an analysis

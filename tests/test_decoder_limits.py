@@ -16,7 +16,7 @@ from cbor2 import CBORTag
 from test_live import TIMEOUT, raw_pusher
 
 import sxdm_stream.dectris as dectris
-from sxdm_stream import compression
+from sxdm_stream import compression, lz4_framing
 from sxdm_stream.dectris import (Decoder, decode_message, encode_end_v1, encode_end_v2,
                                  encode_image_v1, encode_image_v2, encode_start_v1,
                                  encode_start_v2)
@@ -75,8 +75,8 @@ def no_inflating(monkeypatch):
         asked.append(kwargs.get("uncompressed_size"))
         raise AssertionError("the decompressor ran")
 
-    monkeypatch.setattr(compression.lz4.block, "decompress", refuse)
-    monkeypatch.setattr(compression.bitshuffle, "decompress_lz4", refuse)
+    monkeypatch.setattr(lz4_framing.lz4.block, "decompress", refuse)
+    monkeypatch.setattr(lz4_framing.bitshuffle, "decompress_lz4", refuse)
     return asked
 
 
@@ -215,7 +215,7 @@ def test_a_block_that_would_inflate_past_the_declared_size_stops_at_it(monkeypat
         asked.append(uncompressed_size)
         return decompress(blob, uncompressed_size=uncompressed_size, **kwargs)
 
-    monkeypatch.setattr(compression.lz4.block, "decompress", spy)
+    monkeypatch.setattr(lz4_framing.lz4.block, "decompress", spy)
     declared = 516 * 516 * 4
     assert reason(Decoder(), v1_image([516, 516], "uint32", "lz4<", BOMB)) == "truncated_payload"
     assert reason(Decoder(), v2_image(v2_array([516, 516], 70, hdf5_lz4(declared, BOMB), "lz4",
@@ -248,7 +248,7 @@ def test_any_exception_while_decoding_comes_out_as_bad_message(monkeypatch, capl
     def boom(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(compression.bitshuffle, "decompress_lz4", boom)
+    monkeypatch.setattr(lz4_framing.bitshuffle, "decompress_lz4", boom)
     decoder = Decoder()
     message = encode_image_v2(ImageFrame(1, 0, FRAME))
     for _ in range(2):

@@ -20,7 +20,7 @@ from cbor2 import CBORTag
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sxdm_stream import compression
+from sxdm_stream import compression, lz4_framing
 from sxdm_stream.dectris import (MAGIC, Decoder, decode_message, encode_end_v1, encode_end_v2,
                                  encode_image_v1, encode_image_v2, encode_start_v1, encode_start_v2)
 from sxdm_stream.errors import BadMessageError
@@ -588,7 +588,7 @@ def test_bitshuffle_framing_as_measured(n, itemsize):
     payload = compression.compress_bslz4(data)
     buf = np.frombuffer(payload, np.uint8)
     block = 8192 // itemsize
-    assert compression._walk_bslz4_blocks(buf, n, itemsize, block) == len(payload)
+    assert lz4_framing._walk_bslz4_blocks(buf, n, itemsize, block) == len(payload)
     assert reference_walk(payload, n, itemsize, block) == len(payload)
     # the last n % 8 elements travel raw after the last block
     assert payload[len(payload) - n % 8 * itemsize:] == data[n - n % 8:].tobytes()
@@ -599,7 +599,7 @@ def test_bitshuffle_framing_as_measured(n, itemsize):
             corrupt[rng.integers(12, len(corrupt))] ^= 1 << int(rng.integers(8))
         corrupt = bytes(corrupt[:rng.integers(12, len(corrupt) + 1)])
         view = np.frombuffer(corrupt, np.uint8)
-        assert compression._walk_bslz4_blocks(view, n, itemsize, block) == \
+        assert lz4_framing._walk_bslz4_blocks(view, n, itemsize, block) == \
             reference_walk(corrupt, n, itemsize, block)
 
 

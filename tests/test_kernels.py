@@ -371,7 +371,8 @@ def test_accumulate_frame_direct(dtype):
     hist = np.zeros(grid.n_bins, dtype=np.float64)
     scale, threshold = 1.0 / 3.0, 1.0
     args = (frame, a["r0"], a["c0"], a["kf"], a["mask"], a["rot"], a["offset"], a["edge0"],
-            a["inv_step"], a["bins"], scale, threshold, moments, hist, None, None)
+            a["inv_step"], a["bins"], scale, threshold, np.inf, moments, hist,
+            np.zeros(1, np.int64), None, None)
     added = kernels.accumulate_frame(*args)
     ref_m, ref_b, ref_h = reference(geometry, frame, angles, q_ref, grid, scale, threshold)
     assert added == pytest.approx(ref_m[0], rel=1e-12)
@@ -394,8 +395,8 @@ def test_accumulate_frame_direct_without_histogram():
     frame = make_frames(1, np.uint16, seed=21)[0]
     moments = np.zeros(kernels.N_MOMENTS)
     kernels.accumulate_frame(frame, a["r0"], a["c0"], a["kf"], a["mask"], a["rot"], a["offset"],
-                             a["edge0"], a["inv_step"], a["bins"], 1.0, 0.0, moments,
-                             np.zeros(0, dtype=np.float32), None, None)
+                             a["edge0"], a["inv_step"], a["bins"], 1.0, 0.0, np.inf, moments,
+                             np.zeros(0, dtype=np.float32), np.zeros(1, np.int64), None, None)
     ref_m, ref_b, _ = reference(geometry, frame, angles, setup.q_ref, None)
     np.testing.assert_array_less(np.abs(moments - ref_m), 1e-10 * ref_b + 1e-300)
 
@@ -545,7 +546,7 @@ def test_kernel_with_empty_roi_table_equals_kernel_without_rois():
         moments, hist = np.zeros(10), np.zeros(setup.grid.n_bins)
         kernels.accumulate_frame(frame, a["r0"], a["c0"], a["kf"], a["mask"], a["rot"],
                                  a["offset"], a["edge0"], a["inv_step"], a["bins"], 1.0, 0.0,
-                                 moments, hist, rois, roi_moments)
+                                 np.inf, moments, hist, np.zeros(1, np.int64), rois, roi_moments)
         results.append((moments, hist))
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])
