@@ -3,7 +3,7 @@
 What is measured
 ----------------
 Frames per second (and MB/s of frame data) of adding detector frames into the per-map-pixel
-sums of :class:`sxdm_stream.accumulate.Accumulator`, on the whole detector (no ROI), at 1 % and
+sums of :class:`sxdm_stream.core.accumulate.Accumulator`, on the whole detector (no ROI), at 1 % and
 5 % non-zero pixels (random positions, small Poisson counts), for:
 
 * ``read-only``: a numba ``nogil`` kernel with the accumulate kernels' loop structure (rows,
@@ -13,7 +13,7 @@ sums of :class:`sxdm_stream.accumulate.Accumulator`, on the whole detector (no R
   be faster than this pass: it is the memory ceiling, and "% ceil" says how close an
   accumulate variant gets to it. It reads each row through a view, which lets LLVM vectorise
   the loop, so it really runs at memory speed;
-* ``read-only, r0+i index``: the same sum indexed like the kernels in ``stream/kernels.py``
+* ``read-only, r0+i index``: the same sum indexed like the kernels in ``stream/core/kernels.py``
   (``frame[r0 + i, c0 + j]``). Numba wraps negative indices on every such read and the loop no
   longer vectorises: the gap to ``read-only`` is the price of that indexing alone;
 * ``moments``: histogram disabled (``histogram_bins=(0, 0, 0)``), ``Accumulator.add_frame``;
@@ -45,9 +45,9 @@ import numba
 import numpy as np
 from numba import njit
 
-from sxdm_stream.accumulate import AccumulationSettings, Accumulator, ScanSetup
-from sxdm_stream.geometry import Detector, Geometry
-from sxdm_stream.scan import ScanDescription
+from sxdm_stream.core.accumulate import AccumulationSettings, Accumulator, ScanSetup
+from sxdm_stream.core.geometry import Detector, Geometry
+from sxdm_stream.core.scan import ScanDescription
 
 DETECTOR_SHAPE = (516, 516)
 FRAME_DTYPE = np.uint32

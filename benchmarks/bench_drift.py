@@ -25,10 +25,10 @@ import time
 
 import numpy as np
 
-from sxdm_stream.drift import DriftSettings, estimate_drift, shift_moments
-from sxdm_stream.maps import derive_maps
-from sxdm_stream.particles import find_particles, format_particles
-from sxdm_stream.scan import ScanDescription
+from sxdm_stream.analysis.drift import DriftSettings, estimate_drift, shift_moments
+from sxdm_stream.analysis.particles import find_particles, format_particles
+from sxdm_stream.core.maps import derive_maps
+from sxdm_stream.core.scan import ScanDescription
 from sxdm_stream.simulators.sample import Particle, tilted_normals
 
 

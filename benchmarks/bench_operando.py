@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sxdm_stream.live import LiveProcessor, LiveSettings
 from sxdm_stream.messages import ImageFrame, SeriesEnd
-from sxdm_stream.sender import StreamSender
+from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings
 from sxdm_stream.simulators.operando import operando_sequence
 from sxdm_stream.simulators.sender import series_start, with_operando
-from sxdm_stream.timeseries import read_operando
+from sxdm_stream.sinks.timeseries import read_operando
+from sxdm_stream.sources.dectris.sender import StreamSender
 
 
 def rss_mib() -> float:

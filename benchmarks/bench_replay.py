@@ -32,15 +32,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import zmq  # noqa: E402
 
-from sxdm_stream.filescan import GeometryOverrides  # noqa: E402
-from sxdm_stream.live import LiveProcessor  # noqa: E402
-from sxdm_stream.process_file import process_file_scan  # noqa: E402
-from sxdm_stream.recording import RecordingReader, RecordingWriter  # noqa: E402
-from sxdm_stream.replay import replay_file_scan, replay_recording  # noqa: E402
-from sxdm_stream.sender import StreamSender  # noqa: E402
+from sxdm_stream.runtime.process_file import process_file_scan  # noqa: E402
+from sxdm_stream.runtime.processor import LiveProcessor  # noqa: E402
 from sxdm_stream.simulators.files import FRAME_COMPRESSIONS, write_id01_scan_set  # noqa: E402
 from sxdm_stream.simulators.scenarios import default_scenario  # noqa: E402
-from sxdm_stream.sources import SourceOptions, open_source  # noqa: E402
+from sxdm_stream.sources.dectris.sender import StreamSender  # noqa: E402
+from sxdm_stream.sources.files.filescan import GeometryOverrides  # noqa: E402
+from sxdm_stream.sources.files.open import SourceOptions, open_source  # noqa: E402
+from sxdm_stream.sources.recordings.format import RecordingReader, RecordingWriter  # noqa: E402
+from sxdm_stream.sources.recordings.replay import replay_file_scan, replay_recording  # noqa: E402
 
 
 def replay_process(master: str, roi, compression: str, queue) -> None:

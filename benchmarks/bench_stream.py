@@ -4,7 +4,7 @@ A sender process plays a DECTRIS stream v2 detector (PUSH, bound on loopback) of
 uint32 frames with a given fraction of non-zero pixels, bslz4-compressed or uncompressed. To
 measure the processor and not the simulator, the sender pre-encodes a pool of distinct images
 and only wraps each in its CBOR image message (image_id, times) when sending. The processor
-(this process) is the real :class:`sxdm_stream.live.LiveProcessor`: receive, decode,
+(this process) is the real :class:`sxdm_stream.runtime.processor.LiveProcessor`: receive, decode,
 accumulate (moments + 32^3 histogram), publish snapshots (10 Hz) on a PUB socket.
 
 Printed per run: sustained frames/s (first image received to last processed), images dropped,
@@ -29,11 +29,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from sxdm_stream.accumulate import AccumulationSettings  # noqa: E402
-from sxdm_stream.geometry import Detector, Geometry  # noqa: E402
-from sxdm_stream.live import LiveProcessor, LiveSettings  # noqa: E402
+from sxdm_stream.core.accumulate import AccumulationSettings  # noqa: E402
+from sxdm_stream.core.geometry import Detector, Geometry  # noqa: E402
+from sxdm_stream.core.scan import ScanDescription  # noqa: E402
 from sxdm_stream.messages import SXDM_KEY, ImageFrame, SeriesEnd, SeriesStart  # noqa: E402
-from sxdm_stream.scan import ScanDescription  # noqa: E402
+from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings  # noqa: E402
 
 SHAPE = (516, 516)
 
@@ -58,8 +58,8 @@ def sender(endpoint_queue, n_frames: int, density: float, compression: str | Non
     """The detector process: bind PUSH, send start, n_frames images, end."""
     import zmq
 
-    from sxdm_stream.compression import encode_array
-    from sxdm_stream.dectris import encode_end_v2, encode_image_v2, encode_start_v2
+    from sxdm_stream.sources.dectris.codec import encode_end_v2, encode_image_v2, encode_start_v2
+    from sxdm_stream.sources.dectris.compression import encode_array
 
     rng = np.random.default_rng(1)
     pool = []

@@ -17,14 +17,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sxdm_stream.accumulate import ScanSetup
-from sxdm_stream.analysis import analyse
+from sxdm_stream.analysis.scan_analysis import analyse
 from sxdm_stream.config import Config
-from sxdm_stream.hdf5 import write_results
-from sxdm_stream.live import LiveProcessor, LiveSettings, format_status
-from sxdm_stream.maps import MapSet
-from sxdm_stream.overview import write_overview_png
-from sxdm_stream.pipeline import ScanProcessor
+from sxdm_stream.core.accumulate import ScanSetup
+from sxdm_stream.core.maps import MapSet
+from sxdm_stream.pipeline.scan_processor import ScanProcessor
+from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings, format_status
+from sxdm_stream.sinks.overview import write_overview_png
+from sxdm_stream.sinks.results import write_results
 
 from .scenarios import Scenario, default_scenario
 from .validation import accuracy_report
@@ -76,7 +76,7 @@ def _run_live(config: Config, scenario: Scenario, results: Path, fmt: str):
         sim_config = Path(tmp) / "simulation.toml"
         sim_config.write_text(simulation_toml(config))
         child = subprocess.Popen(
-            [sys.executable, "-m", "sxdm_stream.cli", "simulate", "--bind", "tcp://127.0.0.1:*",
+            [sys.executable, "-m", "sxdm_stream.cli.main", "simulate", "--bind", "tcp://127.0.0.1:*",
              "--format", fmt, "--config", str(sim_config)],
             stdout=subprocess.PIPE, text=True)
         try:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sxdm_stream.geometry import Detector
+from sxdm_stream.core.geometry import Detector
 
 
 @dataclass(frozen=True, eq=False)

@@ -4,7 +4,7 @@
   rocking angle (``<n>.1``), its frames in per-scan Lima files reached through a virtual
   dataset (``instrument/<detector>/image``, soft-linked as ``measurement/<detector>``),
   measured piezo positions, ``technique/dim0, dim1``, the detector calibration and the
-  monochromator, as in ``reference/id01_and_xsocs.md`` (section 3.2).
+  monochromator, as in ``docs/reference/id01_and_xsocs.md`` (section 3.2).
 * :func:`write_xsocs_master`: an XSOCS master file whose entries are external links to one
   file per rocking angle, laid out as ``xsocs.io.XsocsH5Writer`` writes them (detector
   ``center_chan``/``chan_per_deg``/``beam_energy``, positioners ``eta phi nu del``,
@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from sxdm_stream.geometry import HC_EV_ANGSTROM
+from sxdm_stream.core.geometry import HC_EV_ANGSTROM
 
 from .scenarios import Scenario
 

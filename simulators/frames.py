@@ -26,9 +26,9 @@ from typing import Iterator
 import numpy as np
 from numba import njit
 
-from sxdm_stream.geometry import Geometry, axis_vector
-from sxdm_stream.maps import tilt_angles
-from sxdm_stream.scan import ScanDescription
+from sxdm_stream.core.geometry import Geometry, axis_vector
+from sxdm_stream.core.maps import tilt_angles
+from sxdm_stream.core.scan import ScanDescription
 
 from .detectors import DetectorModel
 from .sample import Sample
@@ -58,7 +58,7 @@ class GroundTruth:
         return (self.d_spacing - ref) / ref * 1e6
 
     def tilts(self, mask: np.ndarray):
-        """(altitude, azimuth, mean direction, e1) exactly as :mod:`sxdm_stream.maps` defines them."""
+        """(altitude, azimuth, mean direction, e1) exactly as :mod:`sxdm_stream.core.maps` defines them."""
         return tilt_angles(self.q, mask)
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sxdm_stream.geometry import Detector, Geometry, wavelength_angstrom
-from sxdm_stream.scan import ScanDescription
+from sxdm_stream.core.geometry import Detector, Geometry, wavelength_angstrom
+from sxdm_stream.core.scan import ScanDescription
 
 from .detectors import DETECTOR_MODELS, DetectorModel
 from .frames import ScanSimulator

@@ -5,7 +5,7 @@ series per scan: the start message (image size, energy, pixel size, beam centre,
 the pixel mask, and in ``user_data`` our scan and geometry description with a correlation
 id), one image message per frame (bslz4-compressed by default, measured positions in the
 image ``user_data``), and the end message. The socket and the encoding are
-:class:`sxdm_stream.sender.StreamSender`'s, shared with the replay of recorded acquisitions.
+:class:`sxdm_stream.sources.dectris.sender.StreamSender`'s, shared with the replay of recorded acquisitions.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Iterable
 import zmq
 
 from sxdm_stream.messages import SXDM_KEY, ImageFrame, SeriesEnd, SeriesStart
-from sxdm_stream.sender import (COMPRESSIONS, FORMATS, Pacer, StreamSender, describing_start,
-                                positions_user_data)
+from sxdm_stream.sources.dectris.sender import (COMPRESSIONS, FORMATS, Pacer, StreamSender,
+                                                describing_start, positions_user_data)
 
 from .scenarios import Scenario
 

@@ -9,7 +9,7 @@ Errors are taken over the pixels inside the intensity mask that lie on a particl
   degrees.
 
 The limits are the RMS over the same pixels of the counting-statistics standard errors that
-:func:`sxdm_stream.maps.derive_maps` reports (``strain_stderr``, ``tilt_stderr``): what an
+:func:`sxdm_stream.core.maps.derive_maps` reports (``strain_stderr``, ``tilt_stderr``): what an
 ideal centroid of the recorded counts could achieve.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sxdm_stream.maps import MapSet
+from sxdm_stream.core.maps import MapSet
 
 from .frames import GroundTruth
 

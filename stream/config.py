@@ -30,7 +30,7 @@ Example (every key optional)::
                                      # of 2**bits - 1 always are; the detector's own limit too)
 
     [[accumulation.q_rois]]          # q-space ROIs, each with its own exact moments and maps
-    name = "peak0"                   # (sxdm_stream.roi_suggest.suggest_rois prints suggestions)
+    name = "peak0"                   # (sxdm_stream.analysis.roi_suggest.suggest_rois prints suggestions)
     lo = [-0.005, -0.006, 1.3264]    # 1/Angstrom, sample frame
     hi = [0.005, 0.007, 1.3311]
     shape = "box"                    # or "ellipsoid" (inscribed in the box)
@@ -42,7 +42,7 @@ Example (every key optional)::
     [output]
     directory = "results"
 
-    [drift]                          # sample drift between rocking angles (sxdm_stream.drift)
+    [drift]                          # sample drift between rocking angles (sxdm_stream.analysis.drift)
     mode = "off"                     # "off", "auto" (from the per-angle intensity maps), "given"
     reference_angle = -1             # -1: the angle with the most intensity
     shifts_um = []                   # mode "given": [[row, col], ...] um, one pair per angle
@@ -52,7 +52,7 @@ Example (every key optional)::
     smoothing_angles = 5             # local straight-line fit over this many angles; 1 = none
     drop_incomplete = true
 
-    [particles]                      # per-particle table (sxdm_stream.particles)
+    [particles]                      # per-particle table (sxdm_stream.analysis.particles)
     min_pixels = 10                  # smallest particle, map pixels
     connectivity = 1                 # 1: pixels sharing an edge; 2: corners too
     domain_misorientation_deg = 0.01 # neighbours differing more are in different sub-domains
@@ -70,12 +70,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .accumulate import AccumulationSettings
-from .drift import DriftSettings
-from .particles import ParticleSettings
-from .errors import ConfigError
-from .masks import read_mask
-from .qroi import QRoi
+from sxdm_stream.analysis.drift import DriftSettings
+from sxdm_stream.analysis.particles import ParticleSettings
+from sxdm_stream.core.accumulate import AccumulationSettings
+from sxdm_stream.core.qroi import QRoi
+from sxdm_stream.errors import ConfigError
+from sxdm_stream.sources.files.masks import read_mask
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -111,7 +111,7 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class FitsConfig:
-    """Gaussian fits of the histogram projections (:mod:`sxdm_stream.fits`); they need the
+    """Gaussian fits of the histogram projections (:mod:`sxdm_stream.analysis.fits`); they need the
     q histogram (``accumulation.histogram_bins`` not zero)."""
 
     enabled: bool = False
@@ -300,8 +300,8 @@ def load_scan_file(path: str | Path):
 
 def _scan_file_keys() -> dict[str, set[str]]:
     """The keys a scan file may hold, per table: those ``describe()`` writes."""
-    from .geometry import Detector, Geometry
-    from .scan import ScanDescription
+    from sxdm_stream.core.geometry import Detector, Geometry
+    from sxdm_stream.core.scan import ScanDescription
 
     geometry = Geometry(Detector((1, 1), 55e-6, 1.0, (0.0, 0.0)), 8000.0).describe()
     return {"": {"scan", "geometry", "pixel_mask"},
@@ -319,8 +319,8 @@ def _check_keys(data: Any, table: str, allowed: set[str]) -> None:
 
 
 def _scan_file_content(data: Any, folder: Path):
-    from .geometry import HC_EV_ANGSTROM, check_energy_ev, geometry_from_description
-    from .scan import ScanDescription
+    from sxdm_stream.core.geometry import HC_EV_ANGSTROM, check_energy_ev, geometry_from_description
+    from sxdm_stream.core.scan import ScanDescription
 
     keys = _scan_file_keys()
     _check_keys(data, "", keys[""])

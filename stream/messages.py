@@ -15,7 +15,7 @@ under the key ``"sxdm"``:
 A detector that knows nothing of the scan sends only ``{"sxdm": {"correlation_id": str}}``
 in its start; the control system then describes the run and measures the positions
 (:class:`PlanStart`, :class:`PointPositions`, :class:`PlanEnd`), joined to the detector's
-series by that correlation id and to its frames by index (:mod:`sxdm_stream.join`).
+series by that correlation id and to its frames by index (:mod:`sxdm_stream.pipeline.join`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class SeriesStart:
     Fields the detector did not send are None. ``image_shape`` is (rows, cols);
     ``beam_center`` is (row, col) in pixels; ``pixel_mask`` is boolean, True = bad pixel.
 
-    Pixel values that are not counts (``reference/dectris_stream.md``; DECTRIS stream v2
+    Pixel values that are not counts (``docs/reference/dectris_stream.md``; DECTRIS stream v2
     README, ``saturation_value``: "maximum valid sample value (excluding the NODATA value)"):
 
     * ``invalid_pixel_value``: the NODATA value, ``2**bit_depth_image - 1`` on an Eiger

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from sxdm_stream.accumulate import AccumulationSettings, ScanSetup
-from sxdm_stream.maps import MapSet
-from sxdm_stream.pipeline import ScanProcessor
+from sxdm_stream.core.accumulate import AccumulationSettings, ScanSetup
+from sxdm_stream.core.maps import MapSet
+from sxdm_stream.pipeline.scan_processor import ScanProcessor
 from sxdm_stream.simulators.scenarios import Scenario, default_scenario
 
 

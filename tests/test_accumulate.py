@@ -13,13 +13,12 @@ import re
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
-from sxdm_stream.accumulate import AccumulationSettings, Accumulator, ScanSetup
+from sxdm_stream.core.accumulate import AccumulationSettings, Accumulator, ScanSetup
+from sxdm_stream.core.geometry import Detector, Geometry
+from sxdm_stream.core.scan import ScanDescription
 from sxdm_stream.errors import BadFrameError, ConfigError, HistogramBudgetError
-from sxdm_stream.geometry import Detector, Geometry
-from sxdm_stream.scan import ScanDescription
 
 #: not square, so that a transposed frame has the wrong shape
 FULL_SHAPE = (56, 64)

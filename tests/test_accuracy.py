@@ -8,7 +8,7 @@ Binning must not limit the accuracy: the XSOCS-style histogram COM is reported b
 import numpy as np
 import pytest
 
-from sxdm_stream.maps import derive_maps, histogram_com
+from sxdm_stream.core.maps import derive_maps, histogram_com
 from sxdm_stream.simulators.validation import accuracy_report, format_report
 
 

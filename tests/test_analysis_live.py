@@ -10,19 +10,20 @@ import h5py
 import numpy as np
 import pytest
 
-from sxdm_stream.accumulate import AccumulationSettings
-from sxdm_stream.analysis import AnalysisSettings, analyse
-from sxdm_stream.cli import main
+from sxdm_stream.analysis.drift import DriftSettings
+from sxdm_stream.analysis.scan_analysis import AnalysisSettings, analyse
+from sxdm_stream.cli.main import main
 from sxdm_stream.config import load_config
-from sxdm_stream.drift import DriftSettings
-from sxdm_stream.hdf5 import read_maps
-from sxdm_stream.hdf5_analysis import read_drift, read_particles, read_roi_maps
-from sxdm_stream.live import LiveProcessor, LiveSettings, analysis_arrays, analysis_header
-from sxdm_stream.simulators.analysis_scenarios import drifting_scenario, truth_at_angle
+from sxdm_stream.core.accumulate import AccumulationSettings
 from sxdm_stream.messages import ImageFrame, SeriesEnd
+from sxdm_stream.runtime.processor import (LiveProcessor, LiveSettings, analysis_arrays,
+                                           analysis_header)
+from sxdm_stream.simulators.analysis_scenarios import drifting_scenario, truth_at_angle
 from sxdm_stream.simulators.scenarios import two_particle_scenario
 from sxdm_stream.simulators.sender import series_start
 from sxdm_stream.simulators.validation import accuracy_report
+from sxdm_stream.sinks.results import read_maps
+from sxdm_stream.sinks.results_analysis import read_drift, read_particles, read_roi_maps
 
 
 def run_live(scenario, out, settings: LiveSettings, keep: list | None = None):
@@ -117,8 +118,8 @@ def test_live_drift_correction_is_written_and_beats_the_uncorrected_maps(tmp_pat
 
 def stored_accumulator(path, scenario):
     """The sums of a results file, as the processor had them (uncorrected)."""
-    from sxdm_stream.accumulate import Accumulator, setup_from_description
-    from sxdm_stream.hdf5 import read_accumulator_state, read_configuration
+    from sxdm_stream.core.accumulate import Accumulator, setup_from_description
+    from sxdm_stream.sinks.results import read_accumulator_state, read_configuration
 
     setup = setup_from_description(read_configuration(path), scenario.geometry.detector.mask)
     return Accumulator.from_state(setup, read_accumulator_state(path))
@@ -144,8 +145,8 @@ def test_particles_and_fits_in_the_results_file(small_scenario, tmp_path):
 @pytest.mark.logs_errors
 def test_a_failing_analysis_never_stops_the_processor_nor_loses_the_sums(small_scenario,
                                                                         tmp_path, monkeypatch):
-    import sxdm_stream.live_snapshots as live_snapshots
-    import sxdm_stream.live_writer as live_writer
+    import sxdm_stream.runtime.snapshots as live_snapshots
+    import sxdm_stream.runtime.writer as live_writer
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug in the analysis")

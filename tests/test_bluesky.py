@@ -15,9 +15,9 @@ pytest.importorskip("ophyd")
 import bluesky.plans as bp  # noqa: E402
 from bluesky import RunEngine  # noqa: E402
 
-from sxdm_stream.live import LiveProcessor, LiveSettings  # noqa: E402
-from sxdm_stream.plugins.bluesky import (SxdmCallback, scan_from_start, sim_sxdm_devices,  # noqa: E402
-                                         sxdm_block, sxdm_map)
+from sxdm_stream.plugins.bluesky import (SxdmCallback, scan_from_start,  # noqa: E402
+                                         sim_sxdm_devices, sxdm_block, sxdm_map)
+from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings  # noqa: E402
 from sxdm_stream.simulators.scenarios import default_scenario  # noqa: E402
 from sxdm_stream.simulators.validation import accuracy_report  # noqa: E402
 
@@ -164,8 +164,8 @@ def test_stream_resource_frames_join_their_events(tmp_path):
     is joined to the positions of the event with the same seq_num, whichever comes first."""
     import h5py
 
+    from sxdm_stream.core.scan import ScanDescription
     from sxdm_stream.messages import ImageFrame, SeriesEnd, SeriesStart
-    from sxdm_stream.scan import ScanDescription
 
     scenario = default_scenario(shape=(2, 2), n_angles=2)
     frames = np.arange(8 * 4 * 4, dtype=np.uint32).reshape(8, 4, 4)
@@ -215,7 +215,7 @@ def test_detector_stream_joined_to_bluesky_positions(run_engine, small_scenario)
     carries only the correlation id), the RunEngine's documents carry the scan and the measured
     positions; the processor joins them by correlation id and frame index."""
     from sxdm_stream.plugins.bluesky import StreamingSxdmDetector
-    from sxdm_stream.sender import StreamSender
+    from sxdm_stream.sources.dectris.sender import StreamSender
 
     sender = StreamSender("tcp://127.0.0.1:*")
     live = LiveProcessor(sender.endpoint, settings=LiveSettings(checkpoints=False), max_series=1)

@@ -11,9 +11,9 @@ pytest.importorskip("bluesky")
 
 from bluesky import RunEngine  # noqa: E402
 
-from sxdm_stream.live import LiveProcessor, LiveSettings  # noqa: E402
 from sxdm_stream.plugins.bluesky import (LiveFeedback, SxdmCallback, sim_sxdm_devices,  # noqa: E402
                                          sxdm_map_until_peak, widen_rocking_range)
+from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings  # noqa: E402
 from sxdm_stream.simulators.scenarios import default_scenario  # noqa: E402
 
 

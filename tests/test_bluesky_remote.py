@@ -21,9 +21,10 @@ pytest.importorskip("msgpack_numpy")
 from bluesky import RunEngine  # noqa: E402
 from bluesky.callbacks.zmq import Publisher  # noqa: E402
 
-from sxdm_stream.live import LiveProcessor, LiveSettings  # noqa: E402
 from sxdm_stream.plugins.bluesky import RemoteListener, sim_sxdm_devices, sxdm_map  # noqa: E402
-from sxdm_stream.plugins.bluesky.remote import msgpack_dumps, msgpack_loads, serializer_pair  # noqa: E402
+from sxdm_stream.plugins.bluesky.remote import (msgpack_dumps, msgpack_loads,  # noqa: E402
+                                                serializer_pair)
+from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings  # noqa: E402
 from sxdm_stream.simulators.validation import accuracy_report  # noqa: E402
 
 
@@ -130,9 +131,9 @@ def test_process_cli_joins_detector_and_bluesky_and_emits_a_derived_run(
     back through the proxy as a derived run under the prefix ``sxdm-maps``."""
     import numpy as np
 
-    from sxdm_stream.hdf5 import read_maps
     from sxdm_stream.plugins.bluesky import StreamingSxdmDetector
-    from sxdm_stream.sender import StreamSender
+    from sxdm_stream.sinks.results import read_maps
+    from sxdm_stream.sources.dectris.sender import StreamSender
 
     in_port, out_port = proxy
     sender = StreamSender("tcp://127.0.0.1:*")

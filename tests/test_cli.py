@@ -5,8 +5,8 @@ import sys
 
 import numpy as np
 
-from sxdm_stream.cli import main
-from sxdm_stream.hdf5 import read_maps
+from sxdm_stream.cli.main import main
+from sxdm_stream.sinks.results import read_maps
 
 
 def test_demo_writes_results_that_match_the_printed_accuracy(tmp_path, capsys):

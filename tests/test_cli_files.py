@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sxdm_stream.cli import main
-from sxdm_stream.hdf5 import read_maps
-from sxdm_stream.recording import INDEX_MAGIC, RecordingReader
+from sxdm_stream.cli.main import main
+from sxdm_stream.sinks.results import read_maps
+from sxdm_stream.sources.recordings.format import INDEX_MAGIC, RecordingReader
 
 CLI = [sys.executable, "-m", "sxdm_stream.cli"]
 SCAN = ["--shape", "8", "10", "--angles", "7"]

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from sxdm_stream.cli import main
+from sxdm_stream.cli.main import main
 from sxdm_stream.config import Config, config_from_dict, load_config, load_scan_file, override
 from sxdm_stream.errors import ConfigError
 

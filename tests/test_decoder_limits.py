@@ -15,15 +15,15 @@ import pytest
 from cbor2 import CBORTag
 from test_live import TIMEOUT, raw_pusher
 
-import sxdm_stream.dectris as dectris
-from sxdm_stream import compression, lz4_framing
-from sxdm_stream.dectris import (Decoder, decode_message, encode_end_v1, encode_end_v2,
-                                 encode_image_v1, encode_image_v2, encode_start_v1,
-                                 encode_start_v2)
+import sxdm_stream.sources.dectris.codec as dectris
 from sxdm_stream.errors import BadMessageError, ConfigError
-from sxdm_stream.live import LiveProcessor, LiveSettings, ScanOverride
 from sxdm_stream.messages import ImageFrame, SeriesEnd, SeriesStart
+from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings, ScanOverride
 from sxdm_stream.simulators.sender import series_start
+from sxdm_stream.sources.dectris import compression, lz4_framing
+from sxdm_stream.sources.dectris.codec import (Decoder, decode_message, encode_end_v1,
+                                               encode_end_v2, encode_image_v1, encode_image_v2,
+                                               encode_start_v1, encode_start_v2)
 
 SHAPE = (13, 7)
 FRAME = (np.arange(13 * 7, dtype=np.uint32).reshape(SHAPE) * 3) % 50

@@ -1,6 +1,6 @@
 """The DECTRIS stream codec: round trips, the vendor's own layouts, and every way to fail.
 
-Hand-built messages follow ``reference/dectris_stream.md`` and are built here with cbor2,
+Hand-built messages follow ``docs/reference/dectris_stream.md`` and are built here with cbor2,
 bitshuffle and lz4 directly, not with our encoder, so that they check the vendor layout.
 """
 
@@ -17,14 +17,14 @@ import lz4.block
 import numpy as np
 import pytest
 from cbor2 import CBORTag
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from sxdm_stream import compression, lz4_framing
-from sxdm_stream.dectris import (MAGIC, Decoder, decode_message, encode_end_v1, encode_end_v2,
-                                 encode_image_v1, encode_image_v2, encode_start_v1, encode_start_v2)
 from sxdm_stream.errors import BadMessageError
 from sxdm_stream.messages import ImageFrame, SeriesEnd, SeriesStart
+from sxdm_stream.sources.dectris import compression, lz4_framing
+from sxdm_stream.sources.dectris.codec import (MAGIC, Decoder, decode_message, encode_end_v1,
+                                               encode_end_v2, encode_image_v1, encode_image_v2,
+                                               encode_start_v1, encode_start_v2)
 
 DTYPES = ["uint8", "uint16", "uint32", "float32"]
 SHAPES = [(516, 516), (514, 1030), (13, 7)]
@@ -607,8 +607,8 @@ FUZZ = textwrap.dedent("""
     import collections, json, struct
     import cbor2
     import numpy as np
-    from sxdm_stream.compression import compress_bslz4
-    from sxdm_stream.dectris import decode_message, encode_image_v1
+    from sxdm_stream.sources.dectris.compression import compress_bslz4
+    from sxdm_stream.sources.dectris.codec import decode_message, encode_image_v1
     from sxdm_stream.errors import BadMessageError
     from sxdm_stream.messages import ImageFrame
     TAGS = {1: 64, 2: 69, 4: 70}

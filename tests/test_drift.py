@@ -6,19 +6,18 @@ import json
 
 import numpy as np
 import pytest
+from conftest import process_scenario
 from scipy import ndimage
 
+from sxdm_stream.analysis.drift import (DriftSettings, drift_corrected_maps, drift_for_scan,
+                                        estimate_drift, format_drift, given_drift, map_step_um,
+                                        shift_moments)
+from sxdm_stream.analysis.registration import (correlation_shape, cross_correlation_shift,
+                                               padded_spectrum, shift_bilinear)
 from sxdm_stream.config import config_from_dict
-from sxdm_stream.drift import (DriftSettings, drift_corrected_maps, drift_for_scan,
-                               estimate_drift, format_drift, given_drift, map_step_um,
-                               shift_moments)
 from sxdm_stream.errors import ConfigError
-from sxdm_stream.registration import (correlation_shape, cross_correlation_shift,
-                                      padded_spectrum, shift_bilinear)
 from sxdm_stream.simulators.analysis_scenarios import drifting_scenario, truth_at_angle
 from sxdm_stream.simulators.validation import accuracy_report, format_report
-
-from conftest import process_scenario
 
 N_ANGLES = 31
 
@@ -196,7 +195,7 @@ def test_estimate_prints_and_serialises(estimate):
 
 
 def _tiny_scan():
-    from sxdm_stream.scan import ScanDescription
+    from sxdm_stream.core.scan import ScanDescription
     return ScanDescription(shape=(2, 2), extents_um=((0.0, 0.1), (0.0, 0.1)),
                            rocking_angles=(9.0, 9.1), fixed_angles={"phi": 0.0, "nu": 0.0,
                                                                     "delta": 18.0})

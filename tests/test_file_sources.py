@@ -9,17 +9,17 @@ import h5py
 import numpy as np
 import pytest
 
-from sxdm_stream.cli import main
+from sxdm_stream.cli.main import main
 from sxdm_stream.errors import ConfigError, IncompatibleFileError
-from sxdm_stream.filescan import GeometryOverrides
-from sxdm_stream.hdf5 import read_maps
-from sxdm_stream.live import LiveProcessor
-from sxdm_stream.process_file import process_file_scan
-from sxdm_stream.replay import replay_file_scan
-from sxdm_stream.sender import StreamSender
+from sxdm_stream.runtime.process_file import process_file_scan
+from sxdm_stream.runtime.processor import LiveProcessor
 from sxdm_stream.simulators.files import write_id01_scan_set, write_xsocs_master
 from sxdm_stream.simulators.validation import accuracy_report
-from sxdm_stream.sources import SourceOptions, open_source
+from sxdm_stream.sinks.results import read_maps
+from sxdm_stream.sources.dectris.sender import StreamSender
+from sxdm_stream.sources.files.filescan import GeometryOverrides
+from sxdm_stream.sources.files.open import SourceOptions, open_source
+from sxdm_stream.sources.recordings.replay import replay_file_scan
 
 TIMEOUT = 120
 
@@ -191,7 +191,7 @@ def test_bitshuffle_chunks_are_replayed_without_decompressing(small_scenario, sm
                                                              tmp_path, monkeypatch):
     """The bslz4 chunks of an Eiger-style file go on the wire as read (read_direct_chunk,
     through the virtual dataset): the live maps are those of the in-process reference."""
-    import sxdm_stream.filescan as filescan
+    import sxdm_stream.sources.files.filescan as filescan
 
     master = write_id01_scan_set(small_scenario, tmp_path / "eiger", compression="bslz4")
     scan_file = open_source(master, SourceOptions(overrides=overrides_for(small_scenario, "id01")))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy.optimize import curve_fit
 
-from sxdm_stream.fits import fit_gaussians, fit_map_arrays, fit_projections, gaussian_model
-from sxdm_stream.grid import QGrid
-from sxdm_stream.qroi import QRoi
+from sxdm_stream.analysis.fits import fit_gaussians, fit_map_arrays, fit_projections, gaussian_model
+from sxdm_stream.core.grid import QGrid
+from sxdm_stream.core.qroi import QRoi
 
 
 def test_fits_match_curve_fit_on_noisy_peaks():

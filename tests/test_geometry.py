@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import xrayutilities as xu
 
+from sxdm_stream.core.geometry import Axis, Detector, Diffractometer, Geometry, rotation_matrix
 from sxdm_stream.errors import ConfigError
-from sxdm_stream.geometry import Axis, Detector, Diffractometer, Geometry, rotation_matrix
 
 SHAPE = (516, 516)
 PIXEL = 55e-6

@@ -8,12 +8,13 @@ import h5py
 import numpy as np
 import pytest
 
-from sxdm_stream import __version__, hdf5
-from sxdm_stream.accumulate import AccumulationSettings, Accumulator, ScanSetup
+from sxdm_stream import __version__
+from sxdm_stream.core.accumulate import AccumulationSettings, Accumulator, ScanSetup
+from sxdm_stream.core.geometry import Detector, Geometry
+from sxdm_stream.core.maps import MAP_FIELDS, derive_maps, map_arrays
+from sxdm_stream.core.scan import ScanDescription
 from sxdm_stream.errors import ConfigError, IncompatibleFileError
-from sxdm_stream.geometry import Detector, Geometry
-from sxdm_stream.maps import derive_maps
-from sxdm_stream.scan import ScanDescription
+from sxdm_stream.sinks import results as hdf5
 
 
 def make_setup(histogram_bins=(8, 8, 8)) -> ScanSetup:
@@ -56,7 +57,7 @@ def written(tmp_path, scan_result):
 
 
 def assert_maps_equal(read: dict, maps) -> None:
-    expected = hdf5.map_arrays(maps)
+    expected = map_arrays(maps)
     assert set(read) == set(expected) == set(hdf5.MAP_NAMES)
     for name, value in expected.items():
         assert read[name].shape == value.shape, name
@@ -85,7 +86,7 @@ def test_nxdata_groups_have_signal_axes_and_units(written, scan_result):
         entry = f["entry"]
         assert entry.attrs["NX_class"] == "NXentry"
         assert entry.attrs["default"] == "strain"
-        for name, (units, _) in hdf5.MAP_FIELDS.items():
+        for name, (units, _) in MAP_FIELDS.items():
             group = entry[name]
             assert group.attrs["NX_class"] == "NXdata"
             assert group.attrs["signal"] == name

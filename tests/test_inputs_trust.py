@@ -12,19 +12,20 @@ import h5py
 import numpy as np
 import pytest
 
-from sxdm_stream.accumulate import AccumulationSettings, Accumulator, ScanSetup
-from sxdm_stream.cli import build_parser, main
-from sxdm_stream.cli_files import source_options
-from sxdm_stream.endpoints import check_bindable, check_endpoint
+from sxdm_stream.cli.endpoints import check_bindable, check_endpoint
+from sxdm_stream.cli.files import source_options
+from sxdm_stream.cli.main import build_parser, main
+from sxdm_stream.core.accumulate import AccumulationSettings, Accumulator, ScanSetup
+from sxdm_stream.core.geometry import Detector, Geometry, geometry_from_description
 from sxdm_stream.errors import BadMessageError, ConfigError
-from sxdm_stream.filescan import GeometryOverrides
-from sxdm_stream.geometry import Detector, Geometry, geometry_from_description
-from sxdm_stream.hdf5 import write_results
-from sxdm_stream.live import LiveProcessor, LiveSettings, ScanOverride, setup_for_series
-from sxdm_stream.masks import combine_masks, read_mask
 from sxdm_stream.messages import ImageFrame, SeriesEnd
-from sxdm_stream.pipeline import ScanProcessor
+from sxdm_stream.pipeline.scan_processor import ScanProcessor
+from sxdm_stream.runtime.processor import (LiveProcessor, LiveSettings, ScanOverride,
+                                           setup_for_series)
 from sxdm_stream.simulators.sender import series_start
+from sxdm_stream.sinks.results import write_results
+from sxdm_stream.sources.files.filescan import GeometryOverrides
+from sxdm_stream.sources.files.masks import combine_masks, read_mask
 
 TIMEOUT = 120
 NODATA = np.iinfo(np.uint32).max                 # an Eiger's 2**32 - 1: "no count here"
@@ -58,7 +59,7 @@ def test_nodata_pixels_are_left_out_and_counted_and_maps_equal_the_clean_run(
         small_scenario, small_processed, caplog):
     processor = ScanProcessor(ScanSetup(small_scenario.geometry, small_scenario.scan))
     expected = 0
-    with caplog.at_level(logging.WARNING, logger="sxdm_stream.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="sxdm_stream.pipeline.scan_processor"):
         for index, _a, _p, frame in small_scenario.simulator.frames(reuse_buffer=True):
             if index % 3 == 0:
                 frame, n = with_nodata(small_scenario, frame, index)
@@ -165,7 +166,7 @@ def test_series_setup_ors_the_detector_scan_file_and_user_masks(small_scenario, 
         geometry.diffractometer))
     start = series_start(small_scenario, 3, "u", "c")          # carries the detector's mask
     settings = AccumulationSettings(pixel_mask=str(tmp_path / "user.npy"))
-    with caplog.at_level(logging.INFO, logger="sxdm_stream.live_settings"):
+    with caplog.at_level(logging.INFO, logger="sxdm_stream.runtime.settings"):
         setup = setup_for_series(start, settings, override)
     np.testing.assert_array_equal(setup.geometry.detector.mask,
                                   detector_mask | scan_file_mask | user_mask)

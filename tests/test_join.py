@@ -12,12 +12,12 @@ import time
 import numpy as np
 import pytest
 
-from sxdm_stream.join import HeldFrames, PlanBook
-from sxdm_stream.live import LiveProcessor, LiveSettings
+from sxdm_stream.core.accumulate import ScanSetup
 from sxdm_stream.messages import (SXDM_KEY, ImageFrame, PlanEnd, PlanStart, PointPositions,
                                   SeriesEnd, SeriesStart)
-from sxdm_stream.pipeline import ScanProcessor
-from sxdm_stream.accumulate import ScanSetup
+from sxdm_stream.pipeline.join import HeldFrames, PlanBook
+from sxdm_stream.pipeline.scan_processor import ScanProcessor
+from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings
 from sxdm_stream.simulators.scenarios import default_scenario
 from sxdm_stream.simulators.sender import frame_positions
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sxdm_stream import kernels
-from sxdm_stream.accumulate import AccumulationSettings, Accumulator, ScanSetup
+from sxdm_stream.core import kernels
+from sxdm_stream.core.accumulate import AccumulationSettings, Accumulator, ScanSetup
+from sxdm_stream.core.geometry import Detector, Geometry
+from sxdm_stream.core.scan import ScanDescription
 from sxdm_stream.errors import BadFrameError
-from sxdm_stream.geometry import Detector, Geometry
-from sxdm_stream.scan import ScanDescription
 
 FULL_SHAPE = (64, 64)
 #: 40 x 48 pixels, offset on both axes so that an ignored or swapped origin shows
@@ -479,7 +479,7 @@ def split_rois(setup: ScanSetup):
     """Three ROIs over the scan's q range: a box on bin edges, an ellipsoid, and a box that
     overlaps both (a pixel may count in several ROIs). No face passes through a pixel's q
     (the extreme pixels sit on bin centres): there, membership would be a matter of rounding."""
-    from sxdm_stream.qroi import QRoi
+    from sxdm_stream.core.qroi import QRoi
 
     g = setup.grid
     edges = bin_edges(g)

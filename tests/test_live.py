@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import zmq
 
-from sxdm_stream.dectris import encode_end_v2, encode_image_v2, encode_start_v2
-from sxdm_stream.hdf5 import read_maps
-from sxdm_stream.live import LiveProcessor, LiveSettings, ScanOverride
 from sxdm_stream.messages import SXDM_KEY, ImageFrame, SeriesEnd
-from sxdm_stream.pipeline import ScanProcessor
-from sxdm_stream.publish import (SnapshotSubscriber, decode_pixel_reply, encode_pixel_request)
+from sxdm_stream.pipeline.scan_processor import ScanProcessor
+from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings, ScanOverride
 from sxdm_stream.simulators.sender import SimulatedDetector, series_start
 from sxdm_stream.simulators.validation import accuracy_report
+from sxdm_stream.sinks.publish import SnapshotSubscriber, decode_pixel_reply, encode_pixel_request
+from sxdm_stream.sinks.results import read_maps
+from sxdm_stream.sources.dectris.codec import encode_end_v2, encode_image_v2, encode_start_v2
 
 TIMEOUT = 120
 

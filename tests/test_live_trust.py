@@ -18,28 +18,27 @@ import h5py
 import numpy as np
 import pytest
 import zmq
-
-from sxdm_stream import live_snapshots, live_writer
-from sxdm_stream.checkpoint import checkpoint_path
-from sxdm_stream.cli import main
-from sxdm_stream.dectris import Decoder, encode_end_v2, encode_image_v2, encode_start_v2
-from sxdm_stream.errors import BadMessageError, ConfigError
-from sxdm_stream.hdf5 import read_accumulator_state, read_maps
-from sxdm_stream.live import LiveProcessor, LiveSettings
-from sxdm_stream.live_paths import ResultPaths, check_output
-from sxdm_stream.live_queue import BoundedQueue
-from sxdm_stream.live_writer import ResultsWriter
-from sxdm_stream.messages import ImageFrame, SeriesEnd, SeriesStart
-from sxdm_stream.pipeline import ScanProcessor
-from sxdm_stream.publish import (decode_pixel_reply, decode_pixel_request,
-                                 encode_pixel_request)
-from sxdm_stream.recording import RecordingWriter
-from sxdm_stream.signals import InterruptOnSignals
-from sxdm_stream.simulators.scenarios import default_scenario
-from sxdm_stream.simulators.sender import SimulatedDetector, series_start
-
 from conftest import process_scenario
 from test_live import raw_pusher, send_in_thread, wait_until
+
+from sxdm_stream.cli.main import main
+from sxdm_stream.cli.signals import InterruptOnSignals
+from sxdm_stream.errors import BadMessageError, ConfigError
+from sxdm_stream.messages import ImageFrame, SeriesEnd, SeriesStart
+from sxdm_stream.pipeline.scan_processor import ScanProcessor
+from sxdm_stream.runtime import snapshots as live_snapshots, writer as live_writer
+from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings
+from sxdm_stream.runtime.queues import BoundedQueue
+from sxdm_stream.runtime.writer import ResultsWriter
+from sxdm_stream.simulators.scenarios import default_scenario
+from sxdm_stream.simulators.sender import SimulatedDetector, series_start
+from sxdm_stream.sinks.checkpoint import checkpoint_path
+from sxdm_stream.sinks.paths import ResultPaths, check_output
+from sxdm_stream.sinks.publish import decode_pixel_reply, decode_pixel_request, encode_pixel_request
+from sxdm_stream.sinks.results import read_accumulator_state, read_maps
+from sxdm_stream.sources.dectris.codec import (Decoder, encode_end_v2, encode_image_v2,
+                                               encode_start_v2)
+from sxdm_stream.sources.recordings.format import RecordingWriter
 
 TIMEOUT = 120
 SXDM_STREAM = str(Path(sys.executable).parent / "sxdm-stream")
@@ -560,7 +559,7 @@ def test_a_histogram_over_budget_stops_the_run_with_its_message(tiny, capsys, tm
 
 @pytest.mark.logs_errors
 def test_a_histogram_over_budget_is_not_a_flood_of_rejections(tiny):
-    from sxdm_stream.accumulate import AccumulationSettings
+    from sxdm_stream.core.accumulate import AccumulationSettings
 
     settings = LiveSettings(accumulation=AccumulationSettings(histogram_bins=(64, 64, 64),
                                                               histogram_budget_mib=1))

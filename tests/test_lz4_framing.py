@@ -15,7 +15,7 @@ PROBE = textwrap.dedent("""
     import json, os
     import numpy as np
     from threadpoolctl import ThreadpoolController
-    from sxdm_stream import dectris, lz4_framing   # the whole codec, as the receiver loads it
+    from sxdm_stream.sources.dectris import codec, lz4_framing   # the codec, as the receiver loads it
 
     def openmp_threads():
         runtimes = ThreadpoolController().select(user_api="openmp").lib_controllers

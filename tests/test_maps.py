@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from sxdm_stream.grid import QGrid
-from sxdm_stream.kernels import N_MOMENTS
-from sxdm_stream.maps import (azimuth_reference, derive_maps, histogram_com, hsv_to_rgb,
-                              intensity_mask)
+from sxdm_stream.core.grid import QGrid
+from sxdm_stream.core.kernels import N_MOMENTS
+from sxdm_stream.core.maps import (azimuth_reference, derive_maps, histogram_com, hsv_to_rgb,
+                                   intensity_mask)
 
 Q0 = np.array([0.0, 0.0, 2 * np.pi / 4.7333])
 

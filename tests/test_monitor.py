@@ -15,19 +15,18 @@ import sys
 import h5py
 import numpy as np
 import pytest
-
-from sxdm_stream.cli import main
-from sxdm_stream.errors import ConfigError, IncompatibleFileError
-from sxdm_stream.filescan import GeometryOverrides
-from sxdm_stream.hdf5 import read_maps
-from sxdm_stream.live import LiveProcessor
-from sxdm_stream.messages import ImageFrame
-from sxdm_stream.process_file import process_file_scan
-from sxdm_stream.recording import RecordingWriter
-from sxdm_stream.simulators.files import write_id01_scan_set
-from sxdm_stream.sources import SourceOptions, open_source
-
 from test_file_sources import replay_live
+
+from sxdm_stream.cli.main import main
+from sxdm_stream.errors import ConfigError, IncompatibleFileError
+from sxdm_stream.messages import ImageFrame
+from sxdm_stream.runtime.process_file import process_file_scan
+from sxdm_stream.runtime.processor import LiveProcessor
+from sxdm_stream.simulators.files import write_id01_scan_set
+from sxdm_stream.sinks.results import read_maps
+from sxdm_stream.sources.files.filescan import GeometryOverrides
+from sxdm_stream.sources.files.open import SourceOptions, open_source
+from sxdm_stream.sources.recordings.format import RecordingWriter
 
 TIMEOUT = 120
 DETECTOR = "mpx1x4"

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import zmq
 
+from sxdm_stream.analysis.operando import map_summary, operando_channels, operando_record
 from sxdm_stream.errors import IncompatibleFileError
-from sxdm_stream.live import LiveProcessor, LiveSettings
 from sxdm_stream.messages import ImageFrame, SeriesEnd
-from sxdm_stream.operando import map_summary, operando_channels, operando_record
-from sxdm_stream.publish import OPERANDO_TOPIC, decode_operando_record
+from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings
 from sxdm_stream.simulators.operando import d_spacing_on_charge, operando_sequence
 from sxdm_stream.simulators.sender import series_start, with_operando
-from sxdm_stream.timeseries import OperandoSeriesFile, read_operando
+from sxdm_stream.sinks.publish import OPERANDO_TOPIC, decode_operando_record
+from sxdm_stream.sinks.timeseries import OperandoSeriesFile, read_operando
 
 N_SCANS = 50
 

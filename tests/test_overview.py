@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
-from sxdm_stream.accumulate import AccumulationSettings, Accumulator, ScanSetup
-from sxdm_stream.geometry import Detector, Geometry
-from sxdm_stream.maps import derive_maps
-from sxdm_stream.overview import colour_wheel, map_extent, write_overview_png
-from sxdm_stream.scan import ScanDescription
+from sxdm_stream.core.accumulate import AccumulationSettings, Accumulator, ScanSetup
+from sxdm_stream.core.geometry import Detector, Geometry
+from sxdm_stream.core.maps import derive_maps
+from sxdm_stream.core.scan import ScanDescription
+from sxdm_stream.sinks.overview import colour_wheel, map_extent, write_overview_png
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

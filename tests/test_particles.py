@@ -4,14 +4,13 @@ import json
 
 import numpy as np
 import pytest
+from conftest import process_scenario
 
+from sxdm_stream.analysis.particles import (PARTICLE_FIELDS, ParticleSettings, find_particles,
+                                            format_particles, label_particles)
 from sxdm_stream.config import config_from_dict
 from sxdm_stream.errors import ConfigError
-from sxdm_stream.particles import (PARTICLE_FIELDS, ParticleSettings, find_particles,
-                                   format_particles, label_particles)
 from sxdm_stream.simulators.analysis_scenarios import separate_particles_scenario
-
-from conftest import process_scenario
 
 
 @pytest.fixture(scope="module")

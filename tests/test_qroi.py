@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sxdm_stream.accumulate import AccumulationSettings, Accumulator, ScanSetup, setup_from_description
-from sxdm_stream.checkpoint import read_checkpoint, write_checkpoint
+from sxdm_stream.core.accumulate import (AccumulationSettings, Accumulator, ScanSetup,
+                                         setup_from_description)
+from sxdm_stream.core.grid import QGrid
+from sxdm_stream.core.qroi import QRoi, histogram_roi_moments, roi_maps, roi_table
 from sxdm_stream.errors import ConfigError
-from sxdm_stream.grid import QGrid
-from sxdm_stream.pipeline import ScanProcessor
-from sxdm_stream.qroi import QRoi, histogram_roi_moments, roi_maps, roi_table
+from sxdm_stream.pipeline.scan_processor import ScanProcessor
+from sxdm_stream.sinks.checkpoint import read_checkpoint, write_checkpoint
 
 
 def test_roi_validation_names_the_problem():

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from sxdm_stream.errors import IncompatibleFileError
-from sxdm_stream.live import LiveProcessor
-from sxdm_stream.process_file import process_recording
-from sxdm_stream.recorder import record_stream
-from sxdm_stream.recording import RecordingReader, RecordingWriter, is_recording
-from sxdm_stream.replay import parse_rate, replay_recording
-from sxdm_stream.sender import StreamSender
+from sxdm_stream.runtime.process_file import process_recording
+from sxdm_stream.runtime.processor import LiveProcessor
 from sxdm_stream.simulators.sender import SimulatedDetector
+from sxdm_stream.sources.dectris.sender import StreamSender
+from sxdm_stream.sources.recordings.format import RecordingReader, RecordingWriter, is_recording
+from sxdm_stream.sources.recordings.recorder import record_stream
+from sxdm_stream.sources.recordings.replay import parse_rate, replay_recording
 
 TIMEOUT = 120
 MESSAGES = [[b"one part"], [b'{"htype":"dimage-1.0"}', b"\x00" * 1000, b"", b"appendix"],

@@ -16,17 +16,17 @@ import h5py
 import numpy as np
 import pytest
 
-from sxdm_stream.accumulate import ScanSetup
-from sxdm_stream.checkpoint import (checkpoint_matches, checkpoint_path, continues_series,
-                                    read_checkpoint, write_checkpoint)
-from sxdm_stream.cli import main
+from sxdm_stream.cli.main import main
+from sxdm_stream.core.accumulate import ScanSetup
 from sxdm_stream.errors import BadMessageError, CheckpointError
-from sxdm_stream.hdf5 import read_accumulator_state, read_maps
-from sxdm_stream.live import LiveProcessor
 from sxdm_stream.messages import ImageFrame, SeriesEnd, SeriesStart
-from sxdm_stream.pipeline import ScanProcessor
+from sxdm_stream.pipeline.scan_processor import ScanProcessor
+from sxdm_stream.runtime.processor import LiveProcessor
 from sxdm_stream.simulators.scenarios import default_scenario
 from sxdm_stream.simulators.sender import SimulatedDetector, series_start
+from sxdm_stream.sinks.checkpoint import (checkpoint_matches, checkpoint_path, continues_series,
+                                          read_checkpoint, write_checkpoint)
+from sxdm_stream.sinks.results import read_accumulator_state, read_maps
 
 TIMEOUT = 120
 

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from sxdm_stream.analysis.roi_suggest import format_roi_suggestion, suggest_rois
+from sxdm_stream.core.grid import QGrid
 from sxdm_stream.errors import ConfigError
-from sxdm_stream.grid import QGrid
-from sxdm_stream.roi_suggest import format_roi_suggestion, suggest_rois
 
 GRID = QGrid.from_bounds((-0.01, -0.02, 1.30), (0.01, 0.02, 1.34), (24, 28, 40))
 

@@ -7,11 +7,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
+from sxdm_stream.core.scan import ScanDescription
 from sxdm_stream.errors import BadFrameError, ConfigError
-from sxdm_stream.scan import ScanDescription
 
 PROPERTY = settings(derandomize=True, deadline=None, max_examples=60, database=None)
 

@@ -13,13 +13,12 @@ import json
 
 import numpy as np
 import pytest
-
-from sxdm_stream.accumulate import AccumulationSettings
-from sxdm_stream.qroi import histogram_roi_moments, roi_maps
-from sxdm_stream.roi_suggest import format_roi_suggestion, suggest_rois
-from sxdm_stream.simulators.scenarios import two_particle_scenario
-
 from conftest import process_scenario
+
+from sxdm_stream.analysis.roi_suggest import format_roi_suggestion, suggest_rois
+from sxdm_stream.core.accumulate import AccumulationSettings
+from sxdm_stream.core.qroi import histogram_roi_moments, roi_maps
+from sxdm_stream.simulators.scenarios import two_particle_scenario
 
 D_SPACINGS = (4.730, 4.745)
 

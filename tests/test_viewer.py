@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PySide6 import QtCore
 
-from sxdm_stream.hdf5 import write_results
 from sxdm_stream.plugins.viewer import app
 from sxdm_stream.plugins.viewer.results import FileHistograms, ResultsFile
 from sxdm_stream.plugins.viewer.subscriber import SnapshotFeed
 from sxdm_stream.plugins.viewer.window import ViewerWindow
-from sxdm_stream.publish import SnapshotPublisher, encode_snapshot
+from sxdm_stream.sinks.publish import SnapshotPublisher, encode_snapshot
+from sxdm_stream.sinks.results import write_results
 
 WAIT_MS = 20_000
 

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 from PySide6 import QtCore
 
-from sxdm_stream.accumulate import AccumulationSettings
-from sxdm_stream.drift import DriftSettings
-from sxdm_stream.hdf5_analysis import read_drift, read_particles, read_roi_maps
-from sxdm_stream.live import LiveProcessor, LiveSettings
+from sxdm_stream.analysis.drift import DriftSettings
+from sxdm_stream.core.accumulate import AccumulationSettings
+from sxdm_stream.core.qroi import QRoi
 from sxdm_stream.messages import ImageFrame, SeriesEnd
 from sxdm_stream.plugins.viewer import derived
 from sxdm_stream.plugins.viewer.markers import veil_image
@@ -23,9 +22,10 @@ from sxdm_stream.plugins.viewer.model import ALL_Q
 from sxdm_stream.plugins.viewer.results import FileHistograms, ResultsFile
 from sxdm_stream.plugins.viewer.subscriber import SnapshotFeed
 from sxdm_stream.plugins.viewer.window import ViewerWindow
-from sxdm_stream.qroi import QRoi
+from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings
 from sxdm_stream.simulators.scenarios import two_particle_scenario
 from sxdm_stream.simulators.sender import series_start
+from sxdm_stream.sinks.results_analysis import read_drift, read_particles, read_roi_maps
 
 WAIT_MS = 120_000
 #: the two particles' Bragg peaks (d = 4.730 and 4.745 Å: |Q| = 1.3283 and 1.3241 1/Å) split
@@ -173,7 +173,7 @@ def test_results_file_particles_drift_and_q_roi_maps(qtbot, results_file, scenar
 
 
 def test_without_analysis_the_tab_says_so(qtbot, tmp_path, small_processed):
-    from sxdm_stream.hdf5 import write_results
+    from sxdm_stream.sinks.results import write_results
     path = tmp_path / "plain.h5"
     write_results(path, small_processed.maps(), small_processed.setup)
     window = show(qtbot, ViewerWindow(ResultsFile(path)))

@@ -19,10 +19,10 @@ import pytest
 import zmq
 from PySide6 import QtCore, QtGui
 
-from sxdm_stream.live import LiveProcessor
 from sxdm_stream.plugins.viewer.pixels import PixelService
 from sxdm_stream.plugins.viewer.subscriber import SnapshotFeed
 from sxdm_stream.plugins.viewer.window import ViewerWindow
+from sxdm_stream.runtime.processor import LiveProcessor
 from sxdm_stream.simulators.scenarios import default_scenario
 from sxdm_stream.simulators.sender import SimulatedDetector
 

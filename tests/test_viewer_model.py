@@ -12,7 +12,7 @@ import pytest
 import tifffile
 from PySide6 import QtGui
 
-from sxdm_stream.maps import MAP_FIELDS
+from sxdm_stream.core.maps import MAP_FIELDS
 from sxdm_stream.plugins.viewer.distributions import pole_points
 from sxdm_stream.plugins.viewer.export import export_tiffs
 from sxdm_stream.plugins.viewer.inspector import format_value
@@ -22,7 +22,7 @@ from sxdm_stream.plugins.viewer.panels import colour_levels, nice_length, rgba_i
 from sxdm_stream.plugins.viewer.pixels import histogram_axes, histogram_projections
 from sxdm_stream.plugins.viewer.status import format_rejected, format_seconds
 from sxdm_stream.plugins.viewer.subscriber import SnapshotMailbox
-from sxdm_stream.publish import Snapshot, decode_snapshot, encode_snapshot
+from sxdm_stream.sinks.publish import Snapshot, decode_snapshot, encode_snapshot
 
 
 @pytest.fixture

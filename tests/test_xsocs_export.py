@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sxdm_stream.core.maps import histogram_com
 from sxdm_stream.errors import IncompatibleFileError
-from sxdm_stream.hdf5 import write_results
-from sxdm_stream.maps import histogram_com
-from sxdm_stream.xsocs_export import channels_per_degree, export_results, write_xsocs_qspace
+from sxdm_stream.sinks.results import write_results
+from sxdm_stream.sinks.xsocs_export import channels_per_degree, export_results, write_xsocs_qspace
 
 qspace_h5 = pytest.importorskip("xsocs.io.QSpaceH5")
 peak_fit = pytest.importorskip("xsocs.process.fit.peak_fit")

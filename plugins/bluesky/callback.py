@@ -35,10 +35,10 @@ from typing import Mapping
 import numpy as np
 from bluesky.callbacks.core import CallbackBase
 
+from sxdm_stream.core.scan import ScanDescription
 from sxdm_stream.errors import SxdmError
 from sxdm_stream.messages import (SXDM_KEY, ImageFrame, PlanEnd, PlanStart, PointPositions,
                                   SeriesEnd, SeriesStart)
-from sxdm_stream.scan import ScanDescription
 
 from .files import FrameFiles
 from .metadata import correlation_id_of, is_relative, scan_from_start, shift_scan
@@ -73,7 +73,7 @@ class SxdmCallback(CallbackBase):
     Parameters
     ----------
     processor : anything with ``submit(message)``, typically a
-        :class:`sxdm_stream.live.LiveProcessor` (thread-safe, applies back-pressure).
+        :class:`sxdm_stream.runtime.processor.LiveProcessor` (thread-safe, applies back-pressure).
     pixel_mask : detector pixel mask (True = bad pixel), sent with each series start;
         the documents do not carry it (it is big).
     image_key : data key of the detector image; None finds the 2D data key of the primary

@@ -13,7 +13,7 @@ The run:
   correlation id (the acquisition run's), complete, results file, frame counts, scan
   description}; deliberately no ``sxdm`` block, so it is never taken for an acquisition;
 * one descriptor, stream ``maps``: one data key per map (``dtype`` "array", shape, units,
-  from :data:`sxdm_stream.maps.MAP_FIELDS`) plus scalar summaries (``mean_d``,
+  from :data:`sxdm_stream.core.maps.MAP_FIELDS`) plus scalar summaries (``mean_d``,
   ``strain_spread``, ``max_tilt``, ``peak_position``);
 * one event with every map; stop with ``exit_status`` "success" (complete) or "fail".
 """
@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 import numpy as np
 from event_model import compose_run
 
-from sxdm_stream.maps import MAP_FIELDS, map_arrays
+from sxdm_stream.core.maps import MAP_FIELDS, map_arrays
 
 from .feedback import summarize_maps
 from .remote import DERIVED_PREFIX, serializer_pair
@@ -44,7 +44,7 @@ def maps_run_documents(result) -> Iterator[tuple[str, dict]]:
 
     Parameters
     ----------
-    result : a :class:`sxdm_stream.live.SeriesResult` (maps, identifiers, scan).
+    result : a :class:`sxdm_stream.runtime.processor.SeriesResult` (maps, identifiers, scan).
 
     Yields
     ------

@@ -11,7 +11,7 @@ read-back of the live processor's results that plans can use to steer.
 * :class:`StreamingSxdmDetector`: the same frames sent over a DECTRIS stream, like a real
   Eiger: the run's documents only record the image number, the detector's series start only
   the correlation id the plan gave it; the processor joins the two planes
-  (:mod:`sxdm_stream.join`);
+  (:mod:`sxdm_stream.pipeline.join`);
 * :class:`LiveFeedback`: the live maps as an ophyd readable device (see :mod:`.feedback`).
 """
 
@@ -26,13 +26,11 @@ from types import SimpleNamespace
 
 import h5py
 import numpy as np
-from ophyd import Component as Cpt
-from ophyd import Device, Signal
+from ophyd import Component as Cpt, Device, Signal
 from ophyd.sim import SynAxis
 from ophyd.status import StatusBase
 
-from sxdm_stream.messages import (SXDM_KEY, SXDM_METADATA_VERSION, ImageFrame, SeriesEnd,
-                                  SeriesStart)
+from sxdm_stream.messages import SXDM_KEY, SXDM_METADATA_VERSION, ImageFrame, SeriesEnd, SeriesStart
 
 from .feedback import LiveFeedback  # noqa: F401  (re-exported: the devices of this plugin)
 from .files import AD_HDF5_DATASET
@@ -172,7 +170,7 @@ class StreamingSxdmDetector(Device):
     scenario : a :class:`sxdm_stream.simulators.scenarios.Scenario` (see
         :class:`SimulatedSxdmDetector`).
     motors : {motor name: ophyd positioner}.
-    sender : a :class:`sxdm_stream.sender.StreamSender` (the bound PUSH socket, format and
+    sender : a :class:`sxdm_stream.sources.dectris.sender.StreamSender` (the bound PUSH socket, format and
         compression). A send waits for the receiver (back-pressure, as a real detector);
         :meth:`stop` (called by the RunEngine on abort) ends the wait.
     """

@@ -1,7 +1,7 @@
 """The live processor's results as an ophyd readable device, for plans that steer.
 
 :class:`LiveFeedback` reads the maps of the latest run the :class:`~.callback.SxdmCallback`
-handed to a :class:`sxdm_stream.live.LiveProcessor`. ``trigger()`` waits until the processor
+handed to a :class:`sxdm_stream.runtime.processor.LiveProcessor`. ``trigger()`` waits until the processor
 has finished that run (its result is in ``live.results``), so a plan that does
 ``yield from bps.trigger(feedback, wait=True)`` right after a map reads the map's final values.
 
@@ -22,11 +22,10 @@ import threading
 import time
 
 import numpy as np
-from ophyd import Component as Cpt
-from ophyd import Device, Signal
+from ophyd import Component as Cpt, Device, Signal
 from ophyd.status import StatusBase
 
-from sxdm_stream.maps import MapSet
+from sxdm_stream.core.maps import MapSet
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ class LiveFeedback(Device):
 
     Parameters
     ----------
-    live : the :class:`sxdm_stream.live.LiveProcessor` being fed.
+    live : the :class:`sxdm_stream.runtime.processor.LiveProcessor` being fed.
     callback : the :class:`~.callback.SxdmCallback` feeding it (knows the latest run).
     tail_fraction : threshold of ``peak_found``, a fraction of the rocking curve's maximum.
     timeout : seconds ``trigger`` waits for the processor to finish the latest run.

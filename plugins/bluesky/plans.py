@@ -17,10 +17,9 @@ import uuid
 from typing import Mapping, Sequence
 
 import numpy as np
-from bluesky import plan_stubs as bps
-from bluesky import plans as bp
+from bluesky import plan_stubs as bps, plans as bp
 
-from sxdm_stream.scan import ScanDescription
+from sxdm_stream.core.scan import ScanDescription
 
 from .metadata import sxdm_block
 
@@ -40,7 +39,7 @@ def sxdm_map(detectors, slow_motor, slow_start, slow_stop, slow_num, fast_motor,
     fast_motor, fast_start, fast_stop, fast_num : map columns (micrometres), inner loop.
     rocking_motor : the rocking axis (e.g. ``eta``), degrees.
     rocking_angles : the rocking angles, in acquisition order (outermost loop).
-    geometry : :class:`sxdm_stream.geometry.Geometry` (or its ``describe()`` dict).
+    geometry : :class:`sxdm_stream.core.geometry.Geometry` (or its ``describe()`` dict).
     fixed_angles : the other diffractometer circles (degrees), e.g. ``{"phi": 0, "nu": 0,
         "delta": 18.1}``.
     snake : run odd rows' columns backwards (``snaking=[False, False, True]``).

@@ -12,7 +12,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtWidgets
 
-from sxdm_stream.particles import PARTICLE_FIELDS
+from sxdm_stream.analysis.particles import PARTICLE_FIELDS
 
 from . import derived
 from .model import ViewerModel

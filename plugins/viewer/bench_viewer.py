@@ -6,7 +6,7 @@ A :class:`~.window.ViewerWindow` (1800 x 1000, offscreen) is fed synthetic snaps
 ``--shape`` map (a particle with strain and tilt patterns that change at every update) through a
 source that hands one new snapshot per tick, as the subscriber does. For each update:
 
-* ``decode``: :func:`sxdm_stream.publish.decode_snapshot` of the encoded message (this runs in
+* ``decode``: :func:`sxdm_stream.sinks.publish.decode_snapshot` of the encoded message (this runs in
   the subscriber thread, not in the UI thread; shown for completeness);
 * ``model+panels``: the model takes the snapshot and every map panel gets its new data and
   levels (``ViewerModel.show_snapshots`` and the slots it triggers);
@@ -38,8 +38,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import numpy as np  # noqa: E402
 from PySide6 import QtWidgets  # noqa: E402
 
-from sxdm_stream.maps import MAP_FIELDS, misorientation_rgb  # noqa: E402
-from sxdm_stream.publish import FORMAT, TOPIC, VERSION, Snapshot, decode_snapshot  # noqa: E402
+from sxdm_stream.core.maps import MAP_FIELDS, misorientation_rgb  # noqa: E402
+from sxdm_stream.sinks.publish import (FORMAT, TOPIC, VERSION, Snapshot,  # noqa: E402
+                                       decode_snapshot)
 
 from .window import ViewerWindow  # noqa: E402
 
@@ -75,7 +76,7 @@ def synthetic_analysis(arrays: dict[str, np.ndarray], n_angles: int,
                        k: int) -> tuple[dict, dict[str, np.ndarray]]:
     """Header fields and arrays of the analysis a live processor adds: two particles (the
     left and right halves of the mask), a drift estimate, two q-ROIs (intensity, d, strain,
-    tilt and mask each, as :mod:`sxdm_stream.publish` describes)."""
+    tilt and mask each, as :mod:`sxdm_stream.sinks.publish` describes)."""
     mask = arrays["mask"]
     labels = np.where(mask, 1, 0).astype(np.int32)
     labels[:, mask.shape[1] // 2:] *= 2

@@ -3,7 +3,7 @@ and the q-ROI suggestion. No widgets here: the analysis tab and the map panels s
 
 A snapshot carries them in its header (``particles``, ``drift``, ``q_rois``,
 ``roi_suggestion``) and arrays (``particle_labels``, ``roi.<name>.<map>``): see
-:mod:`sxdm_stream.publish`. A results file gives the same through
+:mod:`sxdm_stream.sinks.publish`. A results file gives the same through
 :func:`~.results.read_snapshot`.
 """
 
@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from sxdm_stream.analysis.particles import PARTICLE_FIELDS
+from sxdm_stream.analysis.roi_suggest import QPeak, RoiSuggestion, format_roi_suggestion
+from sxdm_stream.core.qroi import QRoi
 from sxdm_stream.errors import SxdmError
-from sxdm_stream.particles import PARTICLE_FIELDS
-from sxdm_stream.qroi import QRoi
-from sxdm_stream.roi_suggest import QPeak, RoiSuggestion, format_roi_suggestion
 
 from .model import MapState, unit_label
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from sxdm_stream.maps import MAP_FIELDS
+from sxdm_stream.core.maps import MAP_FIELDS
 
 from .model import MapState
 from .panels import rgba_image

@@ -10,7 +10,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore
 
-from sxdm_stream.maps import hsv_to_rgb
+from sxdm_stream.core.maps import hsv_to_rgb
 
 
 def wheel_rgba(size: int) -> np.ndarray:

@@ -17,12 +17,12 @@ from typing import Any, Iterable
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
-from sxdm_stream.maps import MAP_FIELDS
-from sxdm_stream.publish import Snapshot
+from sxdm_stream.core.maps import MAP_FIELDS
+from sxdm_stream.sinks.publish import Snapshot
 
 log = logging.getLogger(__name__)
 
-#: how the units of :data:`sxdm_stream.maps.MAP_FIELDS` are written on axes and colour bars
+#: how the units of :data:`sxdm_stream.core.maps.MAP_FIELDS` are written on axes and colour bars
 UNIT_LABELS = {"angstrom": "Å", "1/angstrom": "Å⁻¹", "degree": "°", "microstrain": "µstrain",
                "counts": "counts", "": ""}
 
@@ -51,7 +51,7 @@ class MapState:
     Parameters
     ----------
     header : the snapshot's JSON header (``scan``, ``stats``, ``complete``, ``units``...).
-    arrays : the maps by name (those of :func:`sxdm_stream.maps.map_arrays`).
+    arrays : the maps by name (those of :func:`sxdm_stream.core.maps.map_arrays`).
     received_s : ``time.monotonic()`` when the viewer received it.
     """
 

@@ -17,7 +17,7 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 from PySide6.QtCore import Signal
 
-from sxdm_stream.maps import hsv_to_rgb
+from sxdm_stream.core.maps import hsv_to_rgb
 
 from .legend import ColourWheel
 from .markers import PixelMarker, RegionHighlight

@@ -16,13 +16,13 @@ import zmq
 from PySide6.QtCore import QObject, Signal
 
 from sxdm_stream.errors import BadMessageError
-from sxdm_stream.publish import decode_pixel_reply, encode_pixel_request
+from sxdm_stream.sinks.publish import decode_pixel_reply, encode_pixel_request
 
 log = logging.getLogger(__name__)
 
 
 class PixelService(QObject):
-    """Client of a processor's pixel service (see :mod:`sxdm_stream.publish`).
+    """Client of a processor's pixel service (see :mod:`sxdm_stream.sinks.publish`).
 
     Parameters
     ----------

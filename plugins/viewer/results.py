@@ -1,7 +1,7 @@
 """A results file as the viewer's source: its maps as a snapshot, its q-space histograms.
 
 A live processor rewrites its results file at the end of every rocking angle, atomically
-(:func:`sxdm_stream.hdf5.write_results` moves a complete new file over the old one), so the
+(:func:`sxdm_stream.sinks.results.write_results` moves a complete new file over the old one), so the
 viewer may follow a file during a scan: :meth:`ResultsFile.take` reads it again whenever it
 changed on disk.
 """
@@ -18,11 +18,12 @@ import h5py
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
+from sxdm_stream.core.maps import MAP_FIELDS
 from sxdm_stream.errors import IncompatibleFileError, SxdmError
-from sxdm_stream.hdf5 import read_configuration, read_maps
-from sxdm_stream.hdf5_analysis import read_drift, read_particles, read_roi_maps, read_roi_suggestion
-from sxdm_stream.maps import MAP_FIELDS
-from sxdm_stream.publish import FORMAT, VERSION, Snapshot
+from sxdm_stream.sinks.publish import FORMAT, VERSION, Snapshot
+from sxdm_stream.sinks.results import read_configuration, read_maps
+from sxdm_stream.sinks.results_analysis import (read_drift, read_particles, read_roi_maps,
+                                                read_roi_suggestion)
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from PySide6.QtCore import QObject, Signal
 from zmq.utils.monitor import recv_monitor_message
 
 from sxdm_stream.errors import BadMessageError
-from sxdm_stream.publish import Snapshot, SnapshotSubscriber
+from sxdm_stream.sinks.publish import Snapshot, SnapshotSubscriber
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,103 @@
+"""Everything derived from a scan's sums, in one call: drift-corrected maps, q-ROI maps,
+particles, and at the end of the scan the q-ROI suggestion and the Gaussian fits.
+
+The live processor, the direct file processing and the results file all go through
+:func:`analyse`, so a map means the same thing wherever it is shown. Pure computation: it
+reads the accumulator's arrays and returns new ones.
+
+Order of the steps:
+
+1. drift (:mod:`sxdm_stream.analysis.drift`): estimated from the per-angle intensity maps (or given),
+   applied to the per-angle moments and to the per-angle q-ROI moments alike;
+2. maps (:func:`sxdm_stream.core.maps.derive_maps`) of the corrected moments;
+3. q-ROI maps (:func:`sxdm_stream.core.qroi.roi_maps`), each ROI with its own mask and d_ref;
+4. particles (:func:`sxdm_stream.analysis.particles.find_particles`) of the corrected maps;
+5. ``final`` only, when the q histogram is kept: the ROI suggestion from the summed
+   histogram (:func:`sxdm_stream.analysis.roi_suggest.suggest_rois`) and, when asked for, the Gaussian
+   fits of every masked pixel's projections (:func:`sxdm_stream.analysis.fits.fit_projections`). The
+   histogram is per map pixel, not per angle, so these two are not drift-corrected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sxdm_stream.analysis.drift import DriftEstimate, DriftSettings, drift_for_scan, shift_moments
+from sxdm_stream.analysis.fits import ProjectionFits, fit_projections
+from sxdm_stream.analysis.particles import ParticleSettings, ParticleTable, find_particles
+from sxdm_stream.analysis.roi_suggest import RoiSuggestion, suggest_rois
+from sxdm_stream.core.accumulate import Accumulator
+from sxdm_stream.core.maps import DEFAULT_MASK_FRACTION, MapSet, derive_maps
+from sxdm_stream.core.qroi import roi_maps
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """What is derived from the sums (see the module docstring).
+
+    ``fits`` turns the Gaussian projection fits on (they cost ~1 s per 10,000 map pixels);
+    ``suggest_rois`` the q-ROI suggestion at the end of each scan.
+    """
+
+    mask_fraction: float = DEFAULT_MASK_FRACTION
+    d_ref: float | None = None
+    drift: DriftSettings = field(default_factory=DriftSettings)
+    particles: ParticleSettings = field(default_factory=ParticleSettings)
+    fits: bool = False
+    suggest_rois: bool = True
+
+
+@dataclass(frozen=True)
+class ScanAnalysis:
+    """The derived results of one scan (or of the part measured so far)."""
+
+    maps: MapSet
+    drift: DriftEstimate | None
+    roi_maps: dict[str, MapSet]
+    particles: ParticleTable
+    roi_suggestion: RoiSuggestion | None = None
+    fits: ProjectionFits | None = None
+    rois: tuple = ()                  # the QRoi of each entry of roi_maps, in order
+
+
+def analyse(accumulator: Accumulator, settings: AnalysisSettings | None = None,
+            angles_done: int | None = None, final: bool = False,
+            drift: DriftEstimate | None = None) -> ScanAnalysis:
+    """Derive everything from an accumulator's sums.
+
+    Parameters
+    ----------
+    accumulator : the sums of one scan (moments per angle, q-ROI moments, histogram).
+    settings : what to derive.
+    angles_done : rocking angles fully measured, for the drift estimate during a scan
+        (None: all).
+    final : the scan is over: also the ROI suggestion and the fits.
+    drift : a drift estimate already made for these sums (the live processor estimates once
+        per finished rocking angle); None: estimated here as configured.
+    """
+    s = settings or AnalysisSettings()
+    setup = accumulator.setup
+    scan = setup.scan
+    moments, rois = accumulator.moments, setup.q_rois
+    roi_moments = accumulator.roi_moments if rois else None
+    estimate = drift if drift is not None else drift_for_scan(moments, scan, s.drift, angles_done)
+    if estimate is not None:
+        drop = s.drift.drop_incomplete
+        moments, _ = shift_moments(moments, estimate.shifts_px, scan.shape, drop)
+        if roi_moments is not None:
+            roi_moments = np.stack([shift_moments(roi_moments[:, :, k], estimate.shifts_px,
+                                                  scan.shape, drop)[0]
+                                    for k in range(len(rois))], axis=2)
+    maps = derive_maps(moments, setup.q_ref, scan.shape, s.mask_fraction, s.d_ref)
+    by_roi = (roi_maps(roi_moments, rois, setup.q_ref, scan.shape, s.mask_fraction, s.d_ref)
+              if roi_moments is not None else {})
+    particles = find_particles(maps, scan, s.particles)
+    suggestion = fits = None
+    if final and setup.keep_histogram:
+        if s.suggest_rois:
+            suggestion = suggest_rois(accumulator.histogram.sum(axis=0), setup.grid)
+        if s.fits:
+            fits = fit_projections(accumulator.histogram, setup.grid, points=maps.mask.ravel())
+    return ScanAnalysis(maps, estimate, by_roi, particles, suggestion, fits, tuple(rois))

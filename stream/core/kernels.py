@@ -1,0 +1,196 @@
+"""numba kernels that add detector frames into per-map-pixel moments and q histograms.
+
+Pure functions on arrays (no I/O, no globals, no logging), compiled ``nogil`` so several
+threads can accumulate at once. Each has a numpy reference implementation in the tests.
+
+For a pixel p of the ROI with counts c (kept when ``c >= threshold``, so never NaN, and not masked), weight
+``w = c * scale`` (``scale`` = 1 / monitor, or 1) and ``dq = R . kf[p] + offset`` where
+``R = R_sample^T`` and ``offset = -R . k_i - q_ref``, so ``dq = q - q_ref``:
+
+* moments (10 float64): ``S0 += w``, ``S1 += w dq`` (x, y, z),
+  ``S2 += w dq dq^T`` (xx, xy, xz, yy, yz, zz);
+* histogram (flat, C order over (bx, by, bz)): ``hist[bin(dq)] += w`` when dq falls on the grid.
+  ``edge0`` is the lower edge of the first bin *relative to q_ref* and ``inv_step`` 1 / step.
+* q-ROI moments: for each row k of ``rois`` (n_rois, 12) = box lo (3), box hi (3), ellipsoid
+  centre (3), 1/semi-axes (3), all relative to q_ref (see :func:`sxdm_stream.core.qroi.roi_table`),
+  ``roi_moments[k]`` gets the same 10 moments from the pixels with ``lo <= dq < hi`` and
+  ``|(dq - centre) / semi|^2 <= 1`` (1/semi-axes 0 for a box). ``rois`` and ``roi_moments``
+  are None when there are no ROIs: numba then compiles a specialisation without the ROI code
+  (it prunes ``is None`` branches on arguments), so ROIs cost nothing unless configured.
+* invalid pixels: counts ``c > max_valid`` are not photons but the detector's mark of a
+  pixel it did not measure (2**bits - 1 on an Eiger: gaps, defective or overflowing pixels)
+  or a count above its saturation. Unmasked pixels so marked are left out of every sum and
+  counted in ``invalid[0]``; ``max_valid = inf`` when there is no such limit. The test costs
+  nothing on the zero pixels, which the kernel skips before looking at a count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+#: index of each moment in the 10-vector
+S0, S1X, S1Y, S1Z, S2XX, S2XY, S2XZ, S2YY, S2YZ, S2ZZ = range(10)
+N_MOMENTS = 10
+
+
+@njit(nogil=True, cache=True)
+def _accumulate_one(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
+                    scale, threshold, max_valid, moments, hist, invalid, rois, roi_moments):
+    # Shaped for speed (see benchmarks/README.md): rows are taken as views so the inner
+    # loops index from 0 (numba's negative-index handling on frame[r0 + i, c0 + j] stops
+    # vectorisation); the non-zero columns of a row are first collected without branching,
+    # so the kf loads of the hits are not serialised by mispredictions; constants live in
+    # locals because numba gives LLVM no aliasing information to hoist them past hist stores.
+    h, w = mask.shape
+    use_hist = hist.size > 0
+    bx, by, bz = bins[0], bins[1], bins[2]
+    r00, r01, r02 = rot[0, 0], rot[0, 1], rot[0, 2]
+    r10, r11, r12 = rot[1, 0], rot[1, 1], rot[1, 2]
+    r20, r21, r22 = rot[2, 0], rot[2, 1], rot[2, 2]
+    o0, o1, o2 = offset[0], offset[1], offset[2]
+    e0, e1, e2 = edge0[0], edge0[1], edge0[2]
+    i0, i1, i2 = inv_step[0], inv_step[1], inv_step[2]
+    cols = np.empty(w, np.int64)
+    n_invalid = 0
+    s0 = 0.0
+    s1x = s1y = s1z = 0.0
+    sxx = sxy = sxz = syy = syz = szz = 0.0
+    for i in range(h):
+        row = frame[r0 + i, c0:c0 + w]
+        mrow = mask[i]
+        kfrow = kf[i]
+        n = 0
+        for j in range(w):
+            cols[n] = j
+            n += row[j] != 0
+        for k in range(n):
+            j = cols[k]
+            c = row[j]
+            if not c >= threshold or mrow[j]:      # NaN fails c >= threshold
+                continue
+            if c > max_valid:                      # the detector's "not measured" mark
+                n_invalid += 1
+                continue
+            wt = c * scale
+            kx, ky, kz = kfrow[j, 0], kfrow[j, 1], kfrow[j, 2]
+            dx = r00 * kx + r01 * ky + r02 * kz + o0
+            dy = r10 * kx + r11 * ky + r12 * kz + o1
+            dz = r20 * kx + r21 * ky + r22 * kz + o2
+            s0 += wt
+            s1x += wt * dx
+            s1y += wt * dy
+            s1z += wt * dz
+            sxx += wt * dx * dx
+            sxy += wt * dx * dy
+            sxz += wt * dx * dz
+            syy += wt * dy * dy
+            syz += wt * dy * dz
+            szz += wt * dz * dz
+            if use_hist:
+                fx = (dx - e0) * i0
+                fy = (dy - e1) * i1
+                fz = (dz - e2) * i2
+                if fx >= 0.0 and fy >= 0.0 and fz >= 0.0:
+                    ix, iy, iz = int(fx), int(fy), int(fz)
+                    if ix < bx and iy < by and iz < bz:
+                        hist[(ix * by + iy) * bz + iz] += wt
+            if rois is not None:
+                _add_to_rois(rois, dx, dy, dz, wt, roi_moments)
+    moments[S0] += s0
+    moments[S1X] += s1x
+    moments[S1Y] += s1y
+    moments[S1Z] += s1z
+    moments[S2XX] += sxx
+    moments[S2XY] += sxy
+    moments[S2XZ] += sxz
+    moments[S2YY] += syy
+    moments[S2YZ] += syz
+    moments[S2ZZ] += szz
+    invalid[0] += n_invalid
+    return s0
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _add_to_rois(rois, dx, dy, dz, wt, out):
+    """Add one hit's moments to ``out[k]`` (10,) of every ROI k of the table holding dq."""
+    for k in range(rois.shape[0]):
+        if not (rois[k, 0] <= dx < rois[k, 3] and rois[k, 1] <= dy < rois[k, 4]
+                and rois[k, 2] <= dz < rois[k, 5]):
+            continue
+        ex = (dx - rois[k, 6]) * rois[k, 9]
+        ey = (dy - rois[k, 7]) * rois[k, 10]
+        ez = (dz - rois[k, 8]) * rois[k, 11]
+        if ex * ex + ey * ey + ez * ez > 1.0:
+            continue
+        out[k, S0] += wt
+        out[k, S1X] += wt * dx
+        out[k, S1Y] += wt * dy
+        out[k, S1Z] += wt * dz
+        out[k, S2XX] += wt * dx * dx
+        out[k, S2XY] += wt * dx * dy
+        out[k, S2XZ] += wt * dx * dz
+        out[k, S2YY] += wt * dy * dy
+        out[k, S2YZ] += wt * dy * dz
+        out[k, S2ZZ] += wt * dz * dz
+
+
+@njit(nogil=True, cache=True)
+def accumulate_frame(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
+                     scale, threshold, max_valid, moments, hist, invalid, rois, roi_moments):
+    """Add one frame into ``moments`` (10,), ``hist`` (n_bins,) or (0,), and the q-ROI
+    moments ``roi_moments`` (n_rois, 10) of the ROIs in ``rois`` (n_rois, 12), both None
+    without ROIs; unmasked pixels with counts ``> max_valid`` are counted in ``invalid`` (1,)
+    instead. Returns S0 added."""
+    return _accumulate_one(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
+                           scale, threshold, max_valid, moments, hist, invalid, rois, roi_moments)
+
+
+@njit(nogil=True, cache=True)
+def accumulate_frames(frames, angle_index, point_index, scales, r0, c0, kf, mask, rots,
+                      offsets, edge0, inv_step, bins, threshold, max_valid, moments, hist, invalid,
+                      rois, roi_moments):
+    """Add a stack of frames (n, rows, cols).
+
+    ``moments`` is (n_angles, n_points, 10); ``hist`` is (n_points, n_bins) or (n_points, 0);
+    ``roi_moments`` is (n_angles, n_points, n_rois, 10) for the ROI table ``rois`` (n_rois, 12);
+    both are None without ROIs. Invalid pixels (counts ``> max_valid``) of all frames are
+    counted in ``invalid`` (1,).
+    Frame f goes to rocking angle ``angle_index[f]`` and map pixel ``point_index[f]``.
+    Returns the S0 added per frame.
+    """
+    added = np.zeros(frames.shape[0])
+    for f in range(frames.shape[0]):
+        a, p = angle_index[f], point_index[f]
+        if rois is None:
+            added[f] = _accumulate_one(frames[f], r0, c0, kf, mask, rots[a], offsets[a], edge0,
+                                       inv_step, bins, scales[f], threshold, max_valid,
+                                       moments[a, p], hist[p], invalid, None, None)
+        else:
+            added[f] = _accumulate_one(frames[f], r0, c0, kf, mask, rots[a], offsets[a], edge0,
+                                       inv_step, bins, scales[f], threshold, max_valid,
+                                       moments[a, p], hist[p], invalid, rois, roi_moments[a, p])
+    return added
+
+
+@njit(nogil=True, cache=True)
+def count_hits(kf, mask, rot, offset, edge0, inv_step, bins, hits):
+    """Add to ``hits`` (n_bins,) the number of unmasked ROI pixels falling in each bin.
+
+    Summed over the rocking angles this is XSOCS' ``histo``: the normalisation of its
+    hit-normalised projections.
+    """
+    h, w = mask.shape
+    by, bz = bins[1], bins[2]
+    for i in range(h):
+        for j in range(w):
+            if mask[i, j]:
+                continue
+            kx, ky, kz = kf[i, j, 0], kf[i, j, 1], kf[i, j, 2]
+            fx = (rot[0, 0] * kx + rot[0, 1] * ky + rot[0, 2] * kz + offset[0] - edge0[0]) * inv_step[0]
+            fy = (rot[1, 0] * kx + rot[1, 1] * ky + rot[1, 2] * kz + offset[1] - edge0[1]) * inv_step[1]
+            fz = (rot[2, 0] * kx + rot[2, 1] * ky + rot[2, 2] * kz + offset[2] - edge0[2]) * inv_step[2]
+            if fx >= 0.0 and fy >= 0.0 and fz >= 0.0:
+                ix, iy, iz = int(fx), int(fy), int(fz)
+                if ix < bins[0] and iy < by and iz < bz:
+                    hits[(ix * by + iy) * bz + iz] += 1

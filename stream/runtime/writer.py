@@ -1,0 +1,331 @@
+"""The live processor's writer thread: results files, checkpoints, operando records.
+
+The worker hands it copies of a series' sums (:meth:`ResultsWriter.schedule`, a
+:class:`WriteJob`) at the end of each rocking angle and of the series, and operando records
+(:class:`OperandoJob`); it analyses them (:func:`sxdm_stream.analysis.scan_analysis.analyse`), writes the
+results file atomically with a checkpoint beside it (removed once every frame of the scan is
+in), and hands every finished series to ``on_result`` as a :class:`SeriesResult`.
+
+Failures never stop the thread and never pass unseen:
+
+* a failing analysis still writes the plain maps; a failing write (missing or read-only
+  folder, full disk, HDF5 error) is counted in :attr:`ResultsWriter.errors` and logged. The
+  next angle's write retries by itself; the final result of a series whose write failed is
+  kept (the last ``keep_results`` of them) and written again before every later job and when
+  the writer closes. :attr:`SeriesResult.written` says whether it ever was;
+* any other exception of one job is counted under ``internal_error`` ("writer") and the
+  thread takes the next job.
+
+The job queue is bounded in jobs and in bytes (each job holds a copy of the sums, q
+histograms included): an intermediate write finding it busy is skipped (the next angle's
+will do), a series' last write waits for room, which holds the worker back.
+
+======================  ===================================================================
+thread                  owns
+======================  ===================================================================
+worker                  :meth:`schedule`, :meth:`add_record` (producers), ``_spare`` taken
+writer                  :meth:`run`, ``_unwritten``, ``errors``, ``SeriesResult.written``,
+                        ``_spare`` given back, ``_busy``
+any                     ``jobs`` (a locked :class:`BoundedQueue`), :meth:`pending_ended`,
+                        :meth:`unwritten`
+caller of stop()        :meth:`run` again, only once the writer thread has died
+======================  ===================================================================
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from sxdm_stream.analysis.operando import OperandoRecord
+from sxdm_stream.analysis.scan_analysis import ScanAnalysis, analyse
+from sxdm_stream.core.maps import MapSet
+from sxdm_stream.core.scan import ScanDescription
+from sxdm_stream.errors import SxdmError
+from sxdm_stream.messages import SeriesStart
+from sxdm_stream.pipeline.join import correlation_id_of
+from sxdm_stream.pipeline.scan_processor import ScanProcessor
+from sxdm_stream.runtime.queues import BoundedQueue
+from sxdm_stream.runtime.report import format_missing, missing_per_angle
+from sxdm_stream.runtime.settings import LiveSettings
+from sxdm_stream.runtime.supervisor import InternalErrors
+from sxdm_stream.sinks.checkpoint import checkpoint_path, write_checkpoint
+from sxdm_stream.sinks.results import write_results
+from sxdm_stream.sinks.timeseries import OperandoSeriesFile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SeriesResult:
+    """The final maps of one series, with what identifies it.
+
+    ``complete``: every frame of the scan is in the sums; ``ended``: the detector ended the
+    series (otherwise the run stopped first); ``missing``: frames not in the sums, per rocking
+    angle; ``written``: the results file holds them (False while its write fails; set by the
+    writer thread when a later attempt succeeds)."""
+
+    series_id: int
+    series_unique_id: str | None
+    path: Path | None
+    maps: MapSet
+    complete: bool
+    scan: ScanDescription | None = None
+    correlation_id: str | None = None
+    frames: dict = field(default_factory=dict)   # received, processed, rejected, dropped, missing
+    analysis: ScanAnalysis | None = None         # drift, particles, q-ROI maps, suggestion, fits
+    ended: bool = True
+    missing: np.ndarray | None = None
+    written: bool = False
+    write_error: str | None = None
+
+    def describe(self) -> str:
+        """One line: ``series 3 (uid): complete -> path`` or why not."""
+        state = "complete" if self.complete else "incomplete: " + (
+            format_missing(self.missing) if self.missing is not None else "frames missing")
+        where = ("" if self.path is None else f" -> {self.path}" if self.written
+                 else f", NOT WRITTEN to {self.path} ({self.write_error})")
+        return f"series {self.series_id} ({self.series_unique_id}): {state}{where}"
+
+
+@dataclass
+class WriteJob:
+    """A copy of one series' sums to write (worker -> writer).
+
+    ``ended``: the detector ended the series (its final analysis is due); ``last``: the
+    series' last write (the worker has moved on)."""
+
+    processor: ScanProcessor
+    series: SeriesStart
+    ended: bool
+    last: bool
+    path: Path | None
+    dropped: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Every frame of the scan is in these sums."""
+        return self.processor.complete
+
+    @property
+    def final(self) -> bool:
+        return self.last and (self.ended or self.complete)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.processor.accumulator.state().values())
+
+
+@dataclass
+class OperandoJob:
+    """An operando record to add to the series file (worker -> writer)."""
+
+    record: OperandoRecord
+
+
+class ResultsWriter:
+    """Writes what the worker schedules, on its own thread (:meth:`run`).
+
+    Parameters
+    ----------
+    settings : the processor's settings (analysis, checkpoints, writer queue bounds).
+    operando : the operando series file, or None.
+    on_result : called with the :class:`SeriesResult` of every finished series.
+    internal : where exceptions of one job are counted (a new counter if None).
+    """
+
+    def __init__(self, settings: LiveSettings, operando: OperandoSeriesFile | None,
+                 on_result: Callable[[SeriesResult], None],
+                 internal: InternalErrors | None = None) -> None:
+        self.settings, self.operando, self.on_result = settings, operando, on_result
+        self.internal = internal or InternalErrors()
+        self.jobs = BoundedQueue(settings.writer_queue_jobs,
+                                 int(settings.writer_queue_mib * 2**20))
+        self.errors = 0
+        self.running = False
+        self._busy = False
+        self._spare = None            # the accumulator of the last intermediate job, reused
+        #: final results whose write failed: path -> (job, analysis, result), oldest first
+        self._unwritten: OrderedDict = OrderedDict()
+
+    # ---- worker side ------------------------------------------------------------------------
+    def schedule(self, p: ScanProcessor, series: SeriesStart, ended: bool, last: bool,
+                 path: Path | None, dropped: int = 0) -> bool:
+        """Queue a copy of ``p``'s sums; an intermediate write is skipped (False) while the
+        writer is still busy with an earlier one. A last write waits for room in the queue
+        (while the writer runs)."""
+        if not last and (self._busy or self.jobs.qsize() > 0):
+            return False                          # the writer is behind: the next angle will do
+        copy = ScanProcessor(p.setup, p.mask_fraction, p.d_ref)
+        spare, self._spare = self._spare, None
+        copy.accumulator = p.accumulator.copy(into=None if last else spare)
+        copy.included = p.included.copy()
+        copy.counters.received, copy.counters.processed = p.counters.received, p.counters.processed
+        copy.counters.rejected = Counter(dict.copy(p.counters.rejected))
+        copy.angles_done = p.angles_done
+        job = WriteJob(copy, series, ended, last, path, dropped)
+        if not last:
+            return self.jobs.put_nowait(job, job.nbytes)
+        self._put_waiting(job, job.nbytes)
+        return True
+
+    def add_record(self, record: OperandoRecord) -> None:
+        """Queue an operando record for the series file."""
+        if self.operando is not None:
+            self._put_waiting(OperandoJob(record), 0)
+
+    def _put_waiting(self, job, nbytes: int) -> None:
+        # wait for room while the writer thread takes jobs; if it is gone (not started yet,
+        # or died), queue anyway: whoever drains the queue (stop()) must find every job
+        while not self.jobs.put(job, nbytes, timeout=0.1):
+            if not self.running:
+                self.jobs.put_beyond_bounds(job, nbytes)
+                return
+
+    def pending_ended(self) -> int:
+        """Ended series queued and not yet written."""
+        return sum(1 for job in self.jobs.items()
+                   if isinstance(job, WriteJob) and job.last and job.ended)
+
+    def close(self) -> None:
+        """Let :meth:`run` end once everything queued is written."""
+        self.jobs.put_beyond_bounds(None)
+
+    # ---- writer thread ----------------------------------------------------------------------
+    def run(self) -> None:
+        """The writer thread: until :meth:`close`; then the results not yet written are tried
+        once more. Called again on another thread only if the writer thread died."""
+        self.running = True
+        try:
+            while True:
+                job = self.jobs.get()
+                if job is None:
+                    break
+                self._busy = True
+                with self.internal.guard("writer", f"a {type(job).__name__}"):
+                    self._retry_unwritten()
+                    self._do(job)
+                self._busy = False
+            with self.internal.guard("writer", "a retry of unwritten results"):
+                self._retry_unwritten(closing=True)
+        finally:
+            self.running = False
+            self._busy = False
+
+    def unwritten(self) -> list[SeriesResult]:
+        """Final results that could not be written (so far)."""
+        return [result for _job, _analysis, result in list(self._unwritten.values())]
+
+    def _do(self, job) -> None:
+        if isinstance(job, OperandoJob):
+            self._append_operando(job.record)
+            return
+        analysis = None
+        try:
+            analysis = self._analyse(job)
+        except Exception:                         # a bug in the analysis: the maps still go out
+            self.errors += 1
+            log.exception("could not analyse series %s; writing its maps without drift, "
+                          "particles, q-ROIs or fits", job.series.series_id)
+        self._unwritten.pop(job.path, None)       # a newer write of the same file supersedes
+        error = self._try_write(job, analysis)
+        if job.last:
+            result = self._record_result(job, analysis, error)
+            if error is not None and job.path is not None:
+                self._keep_unwritten(job, analysis, result)
+        else:                                     # its arrays take the next angle's copy
+            self._spare = job.processor.accumulator
+
+    def _analyse(self, job: WriteJob) -> ScanAnalysis | None:
+        if job.path is None and not job.last:
+            return None
+        p = job.processor
+        return analyse(p.accumulator, self.settings.analysis,
+                       angles_done=None if job.final else p.angles_done, final=job.final)
+
+    def _try_write(self, job: WriteJob, analysis: ScanAnalysis | None) -> str | None:
+        """Write ``job``; the error's text if it failed (None: written, or nothing to write)."""
+        try:
+            self._write(job, analysis)
+        except Exception as exc:                  # OSError, HDF5 errors, a full disk...
+            self.errors += 1
+            text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, (OSError, SxdmError)) \
+                else str(exc)
+            log.error("could not write the results of series %s to %s: %s (the sums are kept; "
+                      "the next write tries again)", job.series.series_id, job.path, text)
+            return text
+        return None
+
+    def _write(self, job: WriteJob, analysis: ScanAnalysis | None) -> None:
+        path, p, series = job.path, job.processor, job.series
+        if path is None:
+            return
+        status = "complete" if job.complete else ("incomplete" if job.last else "running")
+        missing = missing_per_angle(p.included, p.setup.scan.n_angles)
+        attrs = {"status": status, "series_id": series.series_id,
+                 "series_unique_id": series.series_unique_id or "",
+                 "series_ended": bool(job.ended),
+                 "frames_received": p.counters.received, "frames_processed": p.counters.processed,
+                 "frames_rejected": p.counters.n_rejected, "frames_dropped": job.dropped,
+                 "frames_missing": int(missing.sum()), "frames_missing_per_angle": missing}
+        maps = analysis.maps if analysis is not None else p.maps()
+        write_results(path, maps, p.setup, p.accumulator, extra_attrs=attrs,
+                      hits=p.setup.hits() if p.setup.keep_histogram and job.last else None,
+                      analysis=analysis)
+        ckpt = checkpoint_path(path)
+        if job.complete:
+            ckpt.unlink(missing_ok=True)          # the results file now holds everything
+        elif self.settings.checkpoints:
+            write_checkpoint(ckpt, p, series.series_id, series.series_unique_id)
+
+    def _keep_unwritten(self, job: WriteJob, analysis, result: SeriesResult) -> None:
+        self._unwritten[job.path] = (job, analysis, result)
+        while len(self._unwritten) > self.settings.keep_results:
+            _path, (old, _a, _r) = self._unwritten.popitem(last=False)
+            log.error("giving up writing the results of series %s to %s (more than %d results "
+                      "wait to be written)", old.series.series_id, old.path,
+                      self.settings.keep_results)
+
+    def _retry_unwritten(self, closing: bool = False) -> None:
+        """Write again the final results whose write failed (oldest first)."""
+        for path, (job, analysis, result) in list(self._unwritten.items()):
+            error = self._try_write(job, analysis)
+            if error is None:
+                del self._unwritten[path]
+                result.written, result.write_error = True, None
+                log.info("wrote the results of series %s to %s after all",
+                         job.series.series_id, path)
+            else:
+                result.write_error = error
+                if closing:
+                    log.error("the results of series %s were never written to %s: %s",
+                              job.series.series_id, path, error)
+
+    def _append_operando(self, record: OperandoRecord) -> None:
+        try:
+            self.operando.append(record)
+        except (OSError, SxdmError) as exc:
+            self.errors += 1
+            log.error("could not add series %s to the operando series %s: %s",
+                      record.series_id, self.operando.path, exc)
+
+    def _record_result(self, job: WriteJob, analysis: ScanAnalysis | None,
+                       error: str | None) -> SeriesResult:
+        """Hand the finished series to :attr:`on_result`."""
+        p, series = job.processor, job.series
+        missing = missing_per_angle(p.included, p.setup.scan.n_angles)
+        frames = {"received": p.counters.received, "processed": p.counters.processed,
+                  "rejected": p.counters.n_rejected, "dropped": job.dropped,
+                  "missing": int(missing.sum())}
+        maps = analysis.maps if analysis is not None else p.maps()
+        result = SeriesResult(series.series_id, series.series_unique_id, job.path, maps,
+                              job.complete, p.setup.scan, correlation_id_of(series.sxdm), frames,
+                              analysis, ended=job.ended, missing=missing,
+                              written=job.path is not None and error is None, write_error=error)
+        self.on_result(result)
+        return result
