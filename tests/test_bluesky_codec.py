@@ -107,6 +107,24 @@ def test_writer_refuses_what_it_would_have_to_pickle():
         dumps({"x": {1, 2}})
 
 
+class _Seen(list):
+    """A listener callback that keeps (name, doc) and lets a test wait for a document uid."""
+
+    def __init__(self):
+        super().__init__()
+        self._arrived = threading.Condition()
+
+    def __call__(self, name, doc):
+        with self._arrived:
+            self.append((name, doc))
+            self._arrived.notify_all()
+
+    def wait_for(self, uid: str, timeout: float) -> bool:
+        with self._arrived:
+            return self._arrived.wait_for(lambda: any(d.get("uid") == uid for _, d in self),
+                                          timeout)
+
+
 @pytest.fixture
 def pub_and_listener():
     """A real PUB socket on a free loopback port and a RemoteListener running in a thread,
@@ -116,16 +134,15 @@ def pub_and_listener():
     pub.setsockopt(zmq.LINGER, 0)
     port = pub.bind_to_random_port("tcp://127.0.0.1")
     listener = RemoteListener(f"127.0.0.1:{port}", _Ignore())
-    seen: list = []
-    listener.subscribe(lambda name, doc: seen.append((name, doc)))
+    seen = _Seen()
+    listener.subscribe(seen)
     thread = threading.Thread(target=listener.run, name="test-listener")
     thread.start()
     deadline = time.monotonic() + 20
     probe = f"probe-{uuid.uuid4().hex}"
-    while not any(doc.get("uid") == probe for _, doc in seen):
+    while not seen.wait_for(probe, 0.02):      # PUB/SUB slow joiner: send until one arrives
         assert time.monotonic() < deadline, "the listener never received a probe"
         pub.send(b" start " + dumps({"uid": probe, "time": time.time()}))
-        time.sleep(0.02)
     yield pub, listener, seen, thread
     listener.stop()
     thread.join(10)
@@ -139,10 +156,7 @@ def _send_and_wait(pub, seen, messages):
         pub.send(message)
     closing = f"closing-{uuid.uuid4().hex}"
     pub.send(b" start " + dumps({"uid": closing, "time": time.time()}))
-    deadline = time.monotonic() + 20
-    while not any(doc.get("uid") == closing for _, doc in seen):
-        assert time.monotonic() < deadline, "the closing probe never arrived"
-        time.sleep(0.02)
+    assert seen.wait_for(closing, 20), "the closing probe never arrived"
 
 
 def test_listener_survives_hostile_messages_and_counts_them(pub_and_listener, tmp_path):
