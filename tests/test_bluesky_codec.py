@@ -20,6 +20,7 @@ msgpack_numpy = pytest.importorskip("msgpack_numpy")
 
 import zmq  # noqa: E402
 
+from sxdm_stream import BadMessageError  # noqa: E402
 from sxdm_stream.plugins.bluesky.codec import DocumentDecodeError, dumps, loads  # noqa: E402
 from sxdm_stream.plugins.bluesky.remote import RemoteListener  # noqa: E402
 
@@ -168,6 +169,8 @@ def test_listener_survives_hostile_messages_and_counts_them(pub_and_listener, tm
     def explode(name, doc):
         if doc.get("explode"):
             raise RuntimeError("a callback's bug")
+        if doc.get("refuse"):
+            raise BadMessageError("frame index -1", "index_out_of_range")
 
     listener.subscribe(explode)
     _send_and_wait(pub, seen, [
@@ -177,11 +180,13 @@ def test_listener_survives_hostile_messages_and_counts_them(pub_and_listener, tm
         b" start \xc1\xc1",                              # not msgpack
         b" start " + dumps([1, 2, 3]),                   # not a map
         b" start " + dumps({"uid": "z", "explode": True}),
+        b" start " + dumps({"uid": "w", "refuse": True}),   # a document a callback refuses
         b"sxdm-maps start " + dumps({"uid": "derived"}),  # our own derived run: skipped
     ])
     assert thread.is_alive()
     assert not marker.exists()
     assert listener.rejected == {"unsafe_array": 1, "malformed": 1, "unknown_document": 1,
-                                 "malformed_document": 2, "internal_error": 1}
+                                 "malformed_document": 2, "internal_error": 1,
+                                 "index_out_of_range": 1}
     uids = [doc.get("uid") for _, doc in seen]
     assert "z" in uids and "derived" not in uids

@@ -13,12 +13,13 @@ import lz4.block
 import numpy as np
 import pytest
 from cbor2 import CBORTag
-from test_live import TIMEOUT, raw_pusher
+from test_live import TIMEOUT, raw_pusher, wait_until
 
 import sxdm_stream.sources.dectris.codec as dectris
+from sxdm_stream.config import Config
 from sxdm_stream.errors import BadMessageError, ConfigError
 from sxdm_stream.messages import ImageFrame, SeriesEnd, SeriesStart
-from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings, ScanOverride
+from sxdm_stream.runtime.processor import LiveProcessor, ScanOverride
 from sxdm_stream.simulators.sender import series_start
 from sxdm_stream.sources.dectris import compression, lz4_framing
 from sxdm_stream.sources.dectris.codec import (Decoder, decode_message, encode_end_v1,
@@ -98,9 +99,13 @@ def test_dims_of_2_70_by_0_are_too_large_not_a_value_error():
 def test_a_v1_lz4_image_of_100000_by_100000_is_too_large_before_inflating(no_inflating):
     parts = v1_image([100_000, 100_000], "uint32", "lz4<", lz4_zeros(10_000))
     assert reason(Decoder(), parts) == "too_large"
-    # even under a cap that admits 40 GB, the 9.9 kB block cannot hold them: not inflated
-    assert reason(Decoder(max_image_bytes=2**40), parts) == "truncated_payload"
+    # even under a cap that admits 40 GB, and a start that declares them, the 9.9 kB block
+    # cannot hold them: not inflated
+    decoder = Decoder(max_image_bytes=2**40)
+    decoder.decode(start_v2((100_000, 100_000)))
+    assert reason(decoder, parts) == "truncated_payload"
     assert no_inflating == []
+
 
 
 def test_the_byte_cap_is_configurable_and_checked_on_images_and_masks():
@@ -206,6 +211,44 @@ def test_without_a_start_the_cap_stops_a_bomb_that_declares_its_size(no_inflatin
     message = v1_image([8192, 8192], "uint32", "lz4<", BOMB)
     assert reason(Decoder(max_image_bytes=64 << 20), message) == "too_large"
     assert no_inflating == []
+
+
+def test_an_image_no_start_declared_is_capped_at_the_largest_dectris_frame(no_inflating):
+    """Before any start, or after a v1 header without its configuration, only the byte cap
+    would stand between a 256 MiB bomb and the memory: the largest real frame bounds it."""
+    bomb = v1_image([8192, 8192], "uint32", "lz4<", BOMB)
+    header_only = [b'{"htype":"dheader-1.0","series":1,"header_detail":"none"}']
+    for primer in ([], [header_only]):
+        decoder = Decoder()
+        for message in primer:
+            assert decoder.decode(message).image_shape is None
+        assert reason(decoder, bomb) == "too_large"
+    assert no_inflating == []
+    assert compression.MAX_UNDECLARED_IMAGE_BYTES == 4 * 4362 * 4148
+
+
+def _v2_image_with(field, value):
+    tree = cbor2.loads(encode_image_v2(ImageFrame(1, 0, FRAME)))
+    tree = dict(tree.value if isinstance(tree, CBORTag) else tree)
+    return cbor2.dumps(CBORTag(55799, {**tree, field: value}))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("series_id", 10**5000), ("image_id", 10**5000), ("image_id", -1), ("image_id", 2**64),
+    ("real_time", [10**5000, 1]), ("real_time", [1, 2**64]), ("real_time", [-1, 50]),
+    ("data", {10**5000: 1}), ("type", 10**5000)], ids=[
+    "series_id 10**5000", "image_id 10**5000", "image_id -1", "image_id 2**64",
+    "real_time ticks 10**5000", "real_time hz 2**64", "real_time ticks -1",
+    "channel named 10**5000", "type 10**5000"])
+def test_integers_outside_u64_are_refused_at_the_edge_and_shown_by_their_size(field, value):
+    # asked for a channel the image lacks, the decoder names those it has
+    decoder = Decoder("threshold_2" if field == "data" else None)
+    decoder.decode(start_v2((13, 7)))
+    with pytest.raises(BadMessageError) as info:
+        decoder.decode(_v2_image_with(field, value))
+    assert info.value.reason == "malformed"
+    assert len(str(info.value)) < 300
+    assert isinstance(Decoder().decode(_v2_image_with("image_id", 2**64 - 1)), ImageFrame)
 
 
 def test_a_block_that_would_inflate_past_the_declared_size_stops_at_it(monkeypatch):
@@ -369,8 +412,9 @@ def test_the_receiver_survives_the_messages_that_killed_it(small_scenario, small
         assert live.wait(TIMEOUT)
     push.close()
     status = live.status()
-    assert status["rejected"] == {"too_large": 2, "truncated_payload": 1}, status["rejected"]
-    assert status["processed"] == small_scenario.scan.n_frames
+    # no start came before them: the bslz4 bomb is over the cap of an undeclared image
+    assert status.rejected == {"too_large": 3}, status.rejected
+    assert status.processed == small_scenario.scan.n_frames
     assert live.results[-1].complete
     assert_same_maps(live.results[-1].maps, small_processed.maps())
 
@@ -381,7 +425,7 @@ def test_a_libertem_style_v1_stream_with_a_split_header(small_scenario, small_pr
     start = series_start(small_scenario, 9, "libertem", "libertem")
     header, config = encode_start_v1(start, header_detail="basic", appendix="")
     override = ScanOverride(scan, geometry)
-    with LiveProcessor(endpoint, settings=LiveSettings(), override=override,
+    with LiveProcessor(endpoint, settings=Config(), override=override,
                        max_series=1) as live:
         push.send(header)                                   # two sends, as sim.rs does
         push.send(config)
@@ -391,6 +435,25 @@ def test_a_libertem_style_v1_stream_with_a_split_header(small_scenario, small_pr
         push.send_multipart(encode_end_v1(SeriesEnd(9)))
         assert live.wait(TIMEOUT)
     push.close()
-    assert live.status()["rejected"] == {}
-    assert live.status()["processed"] == scan.n_frames
+    assert live.status().rejected == {}
+    assert live.status().processed == scan.n_frames
     assert_same_maps(live.results[-1].maps, small_processed.maps())
+
+
+def test_a_held_header_given_up_is_counted_as_rejected_by_the_live_processor():
+    """Every message is accounted for: a lone v1 header the decoder held is rejected under
+    v1_header_without_config when the next message is not its configuration, and when the
+    processor stops with it still held."""
+    push, endpoint = raw_pusher()
+    live = LiveProcessor(endpoint).start()
+    try:
+        push.send(LIBERTEM_HEADER)
+        push.send(encode_end_v2(SeriesEnd(34)))              # not its configuration
+        push.send(LIBERTEM_HEADER)                           # held when the processor stops
+        wait_until(lambda: live.status().messages == 3)
+    finally:
+        live.stop()
+        push.close()
+    status = live.status()
+    assert status.rejected["v1_header_without_config"] == 2, status.rejected
+    assert status.messages == 3

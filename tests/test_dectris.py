@@ -16,6 +16,7 @@ import cbor2
 import lz4.block
 import numpy as np
 import pytest
+import zmq
 from cbor2 import CBORTag
 from hypothesis import given, settings, strategies as st
 
@@ -658,3 +659,60 @@ def test_thousands_of_corrupted_bslz4_payloads_never_crash_the_process():
     outcomes = json.loads(done.stdout)
     assert sum(outcomes.values()) == 3000
     assert outcomes["truncated_payload"] > 1000
+
+
+# ---- the sender's close -------------------------------------------------------------------------
+def _slow_receiver(endpoint):
+    """A PULL socket that holds one message and reads nothing till told (tiny TCP buffers):
+    what the sender sends stays queued on its side."""
+    pull = zmq.Context.instance().socket(zmq.PULL)
+    for option, value in ((zmq.RCVHWM, 1), (zmq.RCVBUF, 4096), (zmq.LINGER, 0)):
+        pull.setsockopt(option, value)
+    pull.connect(endpoint)
+    return pull
+
+
+def _send_queued(sender, n=6):
+    payload = bytes(1 << 20)
+    for index in range(n):
+        assert sender.send_parts([b"%d" % index, payload])
+    assert sender.send_end(SeriesEnd(1, "u"))
+
+
+def test_closing_the_sender_waits_for_a_slow_receiver_to_take_the_end(caplog):
+    import threading
+
+    from sxdm_stream.sources.dectris.sender import StreamSender
+
+    sender = StreamSender("tcp://127.0.0.1:*", close_linger_s=None)
+    sender.socket.setsockopt(zmq.SNDBUF, 4096)
+    pull = _slow_receiver(sender.endpoint)
+    _send_queued(sender)
+    go, got = threading.Event(), []
+
+    def receive():
+        go.wait()
+        while not got or got[-1][0] != encode_end_v2(SeriesEnd(1, "u")):
+            got.append(pull.recv_multipart())
+
+    reader = threading.Thread(target=receive)
+    reader.start()
+    go.set()                                  # the receiver catches up while close() waits
+    sender.close()
+    reader.join()
+    pull.close()
+    assert len(got) == 7 and "gave up" not in caplog.text
+
+
+def test_a_sender_that_gives_up_closing_says_so(caplog):
+    from sxdm_stream.sources.dectris.sender import StreamSender
+
+    sender = StreamSender("tcp://127.0.0.1:*", close_linger_s=0.2)
+    sender.socket.setsockopt(zmq.SNDBUF, 4096)
+    pull = _slow_receiver(sender.endpoint)
+    _send_queued(sender)
+    sender.close()                                         # the receiver never reads
+    pull.close()
+    assert "gave up after" in caplog.text and "end of the series" in caplog.text
+    with pytest.raises(ValueError, match="close_linger_s"):
+        StreamSender("tcp://127.0.0.1:*", close_linger_s=0)

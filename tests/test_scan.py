@@ -96,6 +96,11 @@ def test_locate_out_of_range_is_a_bad_frame(index):
     assert info.value.reason == "index_out_of_range"
 
 
+def test_locate_shows_an_index_too_long_to_print_by_its_size():
+    with pytest.raises(BadFrameError, match="frame index <int of 16610 bits> is outside"):
+        make_scan(shape=(3, 4), n_angles=2).locate(10**5000)
+
+
 def test_angles_of_a_rocking_step():
     scan = make_scan(n_angles=3)
     assert scan.angles(2) == {"phi": 0.5, "nu": 0.0, "delta": 34.0, "eta": pytest.approx(17.2)}

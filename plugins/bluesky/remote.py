@@ -35,7 +35,7 @@ from typing import Callable
 import zmq
 from event_model import DocumentNames
 
-from sxdm_stream.errors import BadMessageError
+from sxdm_stream import BadMessageError, SxdmError
 
 from .callback import SxdmCallback
 from .codec import dumps as msgpack_dumps
@@ -155,7 +155,10 @@ class RemoteListener:
         for callback in self._callbacks:
             try:
                 callback(name, doc)
-            except Exception:                       # a bad document or a bug: count, go on
+            except SxdmError as exc:                # a document we refuse (e.g. a bad seq_num)
+                self._count(getattr(exc, "reason", "bad_document"), f"a {name} document was "
+                            f"refused: {exc}")
+            except Exception:                       # a bug: count, go on
                 self._count("internal_error", f"callback {callback!r} failed on a {name} "
                             "document", exc_info=True)
 

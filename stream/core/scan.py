@@ -17,7 +17,7 @@ from typing import Mapping
 
 import numpy as np
 
-from sxdm_stream.errors import BadFrameError, ConfigError
+from sxdm_stream.errors import BadFrameError, ConfigError, format_untrusted
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,8 @@ class ScanDescription:
         """(rocking angle index, flat map index row * cols + col) of a frame index."""
         if not 0 <= frame_index < self.n_frames:
             raise BadFrameError(
-                f"frame index {frame_index} is outside the scan's {self.n_frames} frames",
+                f"frame index {format_untrusted(frame_index)} is outside the scan's "
+                f"{self.n_frames} frames",
                 "index_out_of_range",
             )
         rows, cols = self.shape

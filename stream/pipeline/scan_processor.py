@@ -21,7 +21,7 @@ import numpy as np
 
 from sxdm_stream.core.accumulate import Accumulator, ScanSetup, max_valid_for
 from sxdm_stream.core.maps import DEFAULT_MASK_FRACTION, MapSet, derive_maps
-from sxdm_stream.errors import BadFrameError, ConfigError
+from sxdm_stream.errors import BadFrameError, ConfigError, format_untrusted
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +107,17 @@ class ScanProcessor:
         values = [positions[m] for m in scan.motors]
         try:
             row_um, col_um = (float(v) for v in values)
-        except (TypeError, ValueError):
-            raise BadFrameError(f"positions {values} of {scan.motors} are not numbers",
-                                "bad_position") from None
+        # OverflowError: an integer beyond any float (JSON and CBOR carry any size)
+        except (TypeError, ValueError, OverflowError):
+            raise BadFrameError(f"positions {format_untrusted(values)} of {scan.motors} are not "
+                                "numbers", "bad_position") from None
         if not (np.isfinite(row_um) and np.isfinite(col_um)):
-            raise BadFrameError(f"position {dict(zip(scan.motors, values))} is not finite",
-                                "bad_position")
+            raise BadFrameError(f"position {format_untrusted(dict(zip(scan.motors, values)))} "
+                                "is not finite", "bad_position")
         point = scan.pixel_of_position(row_um, col_um)
         if point is None:
-            raise BadFrameError(f"position {dict(zip(scan.motors, values))} um is outside the "
-                                f"map grid {scan.extents_um}", "outside_grid")
+            raise BadFrameError(f"position {format_untrusted(dict(zip(scan.motors, values)))} "
+                                f"um is outside the map grid {scan.extents_um}", "outside_grid")
         return point
 
     def _reject(self, reason: str, message: str) -> None:

@@ -2,7 +2,9 @@
 
 Each message is decoded (stream v1 or v2, told apart per message) and handed to
 ``deliver`` (the processor's frame queue, which applies the back-pressure policy). A message
-that does not decode is counted under its reason and reported once per reason; any other
+that does not decode is counted under its reason and reported once per reason, and so is one
+the decoder held and then gave up (a v1 header whose configuration never came, under
+``v1_header_without_config``, when the next message arrives or the receiver stops); any other
 exception from one message is counted under ``internal_error`` ("receiver") and the loop goes
 on. The socket is made and connected by the processor (so a bad endpoint is refused at
 start) and closed here, by the thread that used it.
@@ -10,7 +12,7 @@ start) and closed here, by the thread that used it.
 =================  ==========================================================================
 thread             owns
 =================  ==========================================================================
-receiver           the socket, the decoder, what was reported
+receiver           the socket, the decoder, what was reported, held messages given up
 any (under lock)   :class:`ReceiverCounters`
 =================  ==========================================================================
 """
@@ -55,6 +57,12 @@ class ReceiverCounters:
             self.messages += 1
             self.rejected[reason] += 1
 
+    def reject_held(self, reason: str, n: int = 1) -> None:
+        """``n`` messages counted when they came in, held by the decoder for a continuation
+        that never came, are given up (``reason``)."""
+        with self._lock:
+            self.rejected[reason] += n
+
     def drop(self) -> None:
         with self._lock:
             self.dropped += 1
@@ -87,6 +95,7 @@ class Receiver:
         self.internal, self.stopping = internal, stopping
         self.decoder = Decoder()
         self._reported: set[str] = set()
+        self._abandoned: Counter = Counter()     # of decoder.abandoned, counted as rejected
 
     def run(self) -> None:
         """The receiver thread."""
@@ -97,6 +106,9 @@ class Receiver:
                 self._take(self.socket.recv_multipart())
         finally:
             self.socket.close()
+            with self.internal.guard("receiver", "what the decoder held at the end"):
+                self.decoder.abandon_held()       # a v1 header still waiting: never completed
+                self._count_abandoned()
 
     def quirks(self) -> dict[str, int]:
         """What the decoder accepted although a strict reader would not."""
@@ -116,11 +128,22 @@ class Receiver:
             self.counters.reject("internal_error")
             self.internal.record("receiver", exc, "a detector message")
             return
+        finally:                                  # this message may have made it drop one held
+            self._count_abandoned()
         self.counters.count(image=isinstance(message, ImageFrame))
         if message is None:                       # a part of a message still to complete
             return
         with self.internal.guard("receiver", f"a {type(message).__name__}"):
             self.deliver(message)
+
+    def _count_abandoned(self) -> None:
+        """Messages the decoder held and gave up since the last call: counted as rejected
+        under the kind (``v1_header_without_config``), so that every message is accounted
+        for; the decoder has logged why."""
+        for kind, total in dict.copy(self.decoder.abandoned).items():
+            if total > self._abandoned[kind]:
+                self.counters.reject_held(kind, total - self._abandoned[kind])
+                self._abandoned[kind] = total
 
     def _report(self, reason: str, message: str) -> None:
         if reason not in self._reported:

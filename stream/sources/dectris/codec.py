@@ -8,8 +8,13 @@ failure, whatever raised it, comes out as :class:`BadMessageError` with a stable
 ``unsupported_encoding``, ``wrong_dtype``, ``wrong_shape`` (an image or mask unlike the start
 message's), ``too_large`` (over the byte cap) or, for a bug of ours, ``internal_error``.
 Images are checked against the cap and the last start message before any buffer is made
-(:func:`sxdm_stream.sources.dectris.compression.checked_nbytes`). The ``encode_*`` functions are a compliant
-sender (our simulator's). Layouts: ``docs/reference/dectris_stream.md``.
+(:func:`sxdm_stream.sources.dectris.compression.checked_nbytes`; without a start that declared
+their size, against the largest DECTRIS frame). Integer fields (ids, counts, sizes, time
+ticks) are unsigned 64-bit integers, anything else is ``malformed``: CBOR and JSON carry
+integers of any size, and one of 5000 digits cannot even be put in an error message (values
+from the message are shown with :func:`sxdm_stream.errors.format_untrusted`). The
+``encode_*`` functions are a compliant sender (our simulator's). Layouts:
+``docs/reference/dectris_stream.md``.
 
 This module keeps what lasts between messages (the last start's declarations, a held v1
 header) and is the codec's public face: each stream version is read and written in its own
@@ -61,7 +66,9 @@ class Decoder:
     max_image_bytes : int
         Largest decoded image (or pixel mask), bytes; default
         :data:`~sxdm_stream.sources.dectris.compression.MAX_IMAGE_BYTES` (512 MiB, seven times an EIGER2 16M
-        32-bit frame). Larger ones are rejected (``too_large``) before any buffer is made.
+        32-bit frame). Larger ones are rejected (``too_large``) before any buffer is made;
+        one whose size no start message declared, beyond
+        :data:`~sxdm_stream.sources.dectris.compression.MAX_UNDECLARED_IMAGE_BYTES` too.
 
     Attributes
     ----------
@@ -78,7 +85,8 @@ class Decoder:
         self-describe tag 55799, which DECTRIS' reference C parser stream2.c rejects).
     abandoned : collections.Counter
         Held parts given up, by kind: ``v1_header_without_config`` (a split v1 header whose
-        configuration never came; logged as a warning).
+        configuration never came; logged as a warning). Its message returned None when it
+        came in: a receiver that accounts for every message counts it again, as rejected.
     """
 
     def __init__(self, channel: str | None = None,
@@ -139,7 +147,7 @@ class Decoder:
             extra = {} if received_s is None else {"received_s": received_s}
             if parts[0][:1] == b"{":
                 return self._decode_v1(parts, extra)
-            self._abandon_held_header()
+            self.abandon_held()
             if len(parts) != 1:
                 raise bad_message(f"message of {len(parts)} parts whose first is not JSON "
                                   "(stream v1) and not a single CBOR frame (stream v2)")
@@ -178,7 +186,7 @@ class Decoder:
         header = load_json(parts[0], "first part")
         if self._held_header is not None and "htype" not in header:
             return self._complete_held_header(parts)
-        self._abandon_held_header()
+        self.abandon_held()
         if is_lone_header(header, parts):
             # LiberTEM's DECTRIS simulators send the header and its detector configuration
             # as two messages (LiberTEM-rs sim.rs send_headers, LiberTEM-live sim.py):
@@ -196,7 +204,9 @@ class Decoder:
         self.quirks["v1_header_split"] += 1
         return self._declare(start)
 
-    def _abandon_held_header(self) -> None:
+    def abandon_held(self) -> None:
+        """Give up what is held (a split v1 header): counted in :attr:`abandoned`. Called
+        when the next message is not its continuation, and by a receiver that stops."""
         if self._held_header is None:
             return
         header, self._held_header = self._held_header, None

@@ -10,7 +10,8 @@ with a stable ``reason``. Decoded arrays are writable, C-contiguous and in nativ
 
 Nothing is allocated before it is checked (:func:`checked_nbytes`): the dims are sane, their
 product times the itemsize (Python integers, which cannot overflow) stays under a byte cap
-and matches what the series' start message declared (:class:`ImageSpec`); a compression
+(the largest DECTRIS frame when no start message declared the size) and matches what the
+series' start message declared (:class:`ImageSpec`); a compression
 header must announce exactly those bytes, the element size must be the dtype's itemsize, and
 a payload too small to inflate to them (LZ4 writes at most 255 bytes per byte read) is
 refused before the decompressor sees it.
@@ -25,7 +26,8 @@ from typing import Any
 import numpy as np
 from cbor2 import CBORTag
 
-from sxdm_stream.errors import BadMessageError
+from sxdm_stream.errors import BadMessageError, format_untrusted
+from sxdm_stream.messages import is_u64
 from sxdm_stream.sources.dectris.lz4_framing import (BSLZ4_BLOCK_BYTES, HEADER, LZ4_MAX_RATIO,
                                                      compress_bslz4, compress_lz4_hdf5,
                                                      compress_lz4_raw, decompress_bslz4,
@@ -33,10 +35,11 @@ from sxdm_stream.sources.dectris.lz4_framing import (BSLZ4_BLOCK_BYTES, HEADER, 
 
 # the LZ4 framings are re-exported: they were defined here, and importers keep working
 __all__ = ["BSLZ4_BLOCK_BYTES", "COLUMN_MAJOR_TAG", "COMPRESSION_TAG", "HEADER", "ImageSpec",
-           "LZ4_MAX_RATIO", "MAX_IMAGE_BYTES", "MAX_IMAGE_SIDE", "ROW_MAJOR_TAG",
-           "TYPED_ARRAY_DTYPES", "V1_ENCODING", "bslz4_array_tag", "checked_nbytes",
-           "compress_bslz4", "compress_lz4_hdf5", "decode_array", "decode_v1_blob",
-           "decompress_bslz4", "decompress_lz4_hdf5", "encode_array", "encode_v1_blob"]
+           "LZ4_MAX_RATIO", "MAX_IMAGE_BYTES", "MAX_IMAGE_SIDE", "MAX_UNDECLARED_IMAGE_BYTES",
+           "ROW_MAJOR_TAG", "TYPED_ARRAY_DTYPES", "V1_ENCODING", "bslz4_array_tag",
+           "checked_nbytes", "compress_bslz4", "compress_lz4_hdf5", "decode_array",
+           "decode_v1_blob", "decompress_bslz4", "decompress_lz4_hdf5", "encode_array",
+           "encode_v1_blob"]
 
 COMPRESSION_TAG = 56500
 ROW_MAJOR_TAG, COLUMN_MAJOR_TAG = 40, 1040
@@ -54,6 +57,10 @@ V1_ENCODING = re.compile(r"(?:(?:bs(8|16|32|64)-?)?(lz4))?([<>])")
 #: at 32 bits, 4148 x 4362 x 4 B = 72 MB). A message declaring more is refused before any
 #: buffer is made; ``Decoder(max_image_bytes=...)`` changes it.
 MAX_IMAGE_BYTES = 512 << 20
+#: cap on an image whose size no start message declared (none seen yet, or a v1 header
+#: without its detector configuration): the largest DECTRIS frame, EIGER2 16M at 32 bits.
+#: Without it such a series would admit, under the cap above, a 256 MiB lz4 bomb per message.
+MAX_UNDECLARED_IMAGE_BYTES = 4148 * 4362 * 4
 #: pixels along one side: no detector comes near it, and a larger dim (even beside a zero one,
 #: which keeps the byte count at 0) is nonsense that numpy cannot reshape to
 MAX_IMAGE_SIDE = 1 << 24
@@ -84,12 +91,18 @@ def checked_nbytes(shape: tuple[int, int], dtype: np.dtype, max_bytes: int,
     Raises
     ------
     BadMessageError
-        ``too_large`` for a side over :data:`MAX_IMAGE_SIDE` or more than ``max_bytes``;
+        ``malformed`` for sides that are not non-negative integers, ``too_large`` for a
+        side over :data:`MAX_IMAGE_SIDE` or more than ``max_bytes`` (than
+        :data:`MAX_UNDECLARED_IMAGE_BYTES` too when ``declared`` gives no shape);
         ``wrong_shape`` / ``wrong_dtype`` when ``declared`` says otherwise.
     """
     rows, cols = shape
-    if rows > MAX_IMAGE_SIDE or cols > MAX_IMAGE_SIDE:
-        raise _bad(f"image of {rows} x {cols} pixels: a side over {MAX_IMAGE_SIDE}", "too_large")
+    if not (_is_count(rows) and _is_count(cols)):
+        raise _bad(f"image shape {format_untrusted(shape)} is not two non-negative integers",
+                   "malformed")
+    if rows > MAX_IMAGE_SIDE or cols > MAX_IMAGE_SIDE:    # and so no integer too long to show
+        raise _bad(f"image of {format_untrusted(rows)} x {format_untrusted(cols)} pixels: a "
+                   f"side over {MAX_IMAGE_SIDE}", "too_large")
     if declared is not None:
         if declared.shape is not None and (rows, cols) != tuple(declared.shape):
             raise _bad(f"image of {rows} x {cols} pixels where the start message declared "
@@ -99,9 +112,12 @@ def checked_nbytes(shape: tuple[int, int], dtype: np.dtype, max_bytes: int,
             raise _bad(f"image of {dtype.name} pixels where the start message declared "
                        f"{_described(declared)}", "wrong_dtype")
     nbytes = rows * cols * dtype.itemsize
-    if nbytes > max_bytes:
+    undeclared = declared is None or declared.shape is None
+    cap = min(max_bytes, MAX_UNDECLARED_IMAGE_BYTES) if undeclared else max_bytes
+    if nbytes > cap:
         raise _bad(f"image of {rows} x {cols} {dtype.name} pixels is {nbytes} bytes, over the "
-                   f"{max_bytes}-byte cap", "too_large")
+                   f"{cap}-byte cap" + (" on an image whose size no start message declared"
+                                        if cap < max_bytes else ""), "too_large")
     return nbytes
 
 
@@ -139,10 +155,11 @@ def decode_array(item: Any, max_bytes: int = MAX_IMAGE_BYTES,
     if not (isinstance(item.value, (list, tuple)) and len(item.value) == 2):
         raise _bad("multi-dimensional array is not [dims, typed array]", "malformed")
     dims, typed = item.value
-    if not (isinstance(dims, (list, tuple)) and all(_is_count(d) for d in dims)):
-        raise _bad(f"array dims {dims!r:.60} are not non-negative integers", "malformed")
+    if not (isinstance(dims, (list, tuple)) and all(map(_is_count, dims))):
+        raise _bad(f"array dims {format_untrusted(dims)} are not non-negative integers",
+                   "malformed")
     if len(dims) != 2:
-        raise _bad(f"array dims {list(dims)} are not [rows, cols]", "size_mismatch")
+        raise _bad(f"array dims {format_untrusted(dims)} are not [rows, cols]", "size_mismatch")
     flat = _decode_typed_array(typed, tuple(dims), max_bytes, declared)
     if item.tag == COLUMN_MAJOR_TAG:
         return np.ascontiguousarray(flat.reshape(dims[::-1]).T)
@@ -174,8 +191,9 @@ def _decode_typed_array(item: Any, dims: tuple[int, int], max_bytes: int,
 
 def _decompress_tag(value: Any, nbytes: int, itemsize: int) -> np.ndarray:
     if not (isinstance(value, (list, tuple)) and len(value) == 3 and isinstance(value[0], str)
-            and isinstance(value[1], int) and isinstance(value[2], bytes)):
-        raise _bad("compression tag 56500 is not [algorithm, modifier, bytes]", "malformed")
+            and is_u64(value[1]) and isinstance(value[2], bytes)):
+        raise _bad("compression tag 56500 is not [algorithm, unsigned 64-bit modifier, bytes]",
+                   "malformed")
     algorithm, modifier, payload = value
     if algorithm == "bslz4":
         # tag 56500 stands for a byte string: bitshuffle's element size is the modifier, which
@@ -187,7 +205,8 @@ def _decompress_tag(value: Any, nbytes: int, itemsize: int) -> np.ndarray:
         return decompress_bslz4(payload, nbytes, modifier)
     if algorithm == "lz4":  # modifier unused, sent as 0
         return decompress_lz4_hdf5(payload, nbytes)
-    raise _bad(f"unknown compression algorithm {algorithm!r}", "unsupported_encoding")
+    raise _bad(f"unknown compression algorithm {format_untrusted(algorithm)}",
+               "unsupported_encoding")
 
 
 def _raw(payload, nbytes: int) -> np.ndarray:
@@ -255,13 +274,14 @@ def decode_v1_blob(blob, encoding: str, dtype: np.dtype, shape: tuple[int, int],
     """
     match = V1_ENCODING.fullmatch(encoding)
     if match is None:
-        raise _bad(f"unknown stream v1 encoding {encoding!r}", "unsupported_encoding")
+        raise _bad(f"unknown stream v1 encoding {format_untrusted(encoding)}",
+                   "unsupported_encoding")
     bits, lz4_, order = match.groups()
     dtype = np.dtype(dtype).newbyteorder(order)
     nbytes = checked_nbytes(shape, dtype, max_bytes, declared)
     if bits and int(bits) != 8 * dtype.itemsize:
-        raise _bad(f"encoding {encoding!r} on {dtype.name} pixels: bitshuffle elements must be "
-                   "the pixels", "wrong_dtype")
+        raise _bad(f"encoding {format_untrusted(encoding)} on {dtype.name} pixels: bitshuffle "
+                   "elements must be the pixels", "wrong_dtype")
     if bits:
         raw = decompress_bslz4(blob, nbytes, int(bits) // 8, allow_empty_header=True)
     elif lz4_:

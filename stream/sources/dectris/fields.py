@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from sxdm_stream.errors import BadMessageError
-from sxdm_stream.messages import SeriesStart
+from sxdm_stream.errors import BadMessageError, format_untrusted
+from sxdm_stream.messages import SeriesStart, is_u64
 from sxdm_stream.sources.dectris.compression import MAX_IMAGE_SIDE, TYPED_ARRAY_DTYPES
 
 #: numpy names of the pixel types a message may name (those of the RFC 8746 typed arrays)
@@ -31,7 +31,6 @@ _START_SHAPE = (("image_size_y", "image_size_x"), ("y_pixels_in_detector", "x_pi
 #: the largest count that is valid: v2 ``saturation_value``, v1 (SIMPLON detector config)
 #: ``countrate_correction_count_cutoff``; both unsigned 64-bit integers
 _SATURATION = ("saturation_value", "countrate_correction_count_cutoff")
-_U64_MAX = 2**64 - 1
 
 
 def bad_message(message: str, reason: str = "malformed") -> BadMessageError:
@@ -41,7 +40,12 @@ def bad_message(message: str, reason: str = "malformed") -> BadMessageError:
 
 # ---- reading ------------------------------------------------------------------------------------
 def read_field(msg: Mapping, key: str, kind, required: bool = True):
-    """``msg[key]`` of type ``kind`` (int never accepts bool; float accepts int), or None."""
+    """``msg[key]`` of type ``kind``, or None.
+
+    Every integer field of both streams (ids, counts, sizes, bit depths) is an unsigned
+    64-bit integer: ``int`` accepts only those (never a bool), so no integer read here is too
+    large to format or to multiply into a buffer size. ``float`` accepts an int.
+    """
     value = msg.get(key)
     if value is None:
         if required:
@@ -49,11 +53,13 @@ def read_field(msg: Mapping, key: str, kind, required: bool = True):
         return None
     if kind is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif kind is int:
+        ok = is_u64(value)
     else:
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        ok = isinstance(value, kind)
     if not ok:
-        raise bad_message(f"field {key!r} = {value!r:.60} is not "
-                          f"{getattr(kind, '__name__', kind)}")
+        wanted = "an unsigned 64-bit integer" if kind is int else getattr(kind, "__name__", kind)
+        raise bad_message(f"field {key!r} = {format_untrusted(value)} is not {wanted}")
     return _ratio(value, 1, key) if kind is float else value
 
 
@@ -63,14 +69,16 @@ def _pair(msg: Mapping, first: str, second: str, kind) -> tuple | None:
 
 
 def read_rational(msg: Mapping, key: str) -> float | None:
-    """``msg[key]``, a rational ``[ticks, hz]``, as a float; None when absent."""
+    """``msg[key]``, a rational ``[ticks, hz]`` of unsigned 64-bit integers (DECTRIS
+    stream2.h), as a float; None when absent."""
     value = msg.get(key)
     if value is None:
         return None
-    if (isinstance(value, (list, tuple)) and len(value) == 2 and value[1] != 0
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+    if (isinstance(value, (list, tuple)) and len(value) == 2 and all(map(is_u64, value))
+            and value[1] != 0):
         return _ratio(value[0], value[1], key)
-    raise bad_message(f"field {key!r} = {value!r:.60} is not a rational [ticks, hz]")
+    raise bad_message(f"field {key!r} = {format_untrusted(value)} is not a rational "
+                      "[ticks, hz] of unsigned 64-bit integers")
 
 
 def _ratio(numerator, denominator, key: str) -> float:
@@ -95,9 +103,7 @@ def read_invalid_values(msg: Mapping, version: int, bits: int | None) -> dict:
     auto_summation) legitimately exceed ``2**bit_depth_readout - 1``.
     """
     key = _SATURATION[2 - version]
-    saturation = read_field(msg, key, int, False)
-    if saturation is not None and not 0 <= saturation <= _U64_MAX:
-        raise bad_message(f"{key} {saturation} is not an unsigned 64-bit integer")
+    saturation = read_field(msg, key, int, False)           # unsigned 64-bit, or None
     # a cutoff of 0 would make every count invalid: emulators send it for "not set" (tickit's
     # Eiger defaults countrate_correction_count_cutoff to 0), no detector means it
     return {"invalid_pixel_value": None if bits is None else 2**bits - 1,

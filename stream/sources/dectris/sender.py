@@ -5,10 +5,13 @@ replay of recordings and beamline files (:mod:`sxdm_stream.sources.recordings.re
 socket (port 31001 by convention for stream v2), encodes our messages as stream v2 (CBOR) or
 v1 (legacy multipart) with the codec of :mod:`sxdm_stream.sources.dectris.codec`, and waits for the receiver
 when its queues are full: a slow processor slows the sender, as it slows a real detector.
+Closing it waits for the receiver to take what is still queued (the end of a series, often)
+rather than dropping it: up to a long, configurable linger, and the log says when it gave up.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Sequence
@@ -24,6 +27,11 @@ from sxdm_stream.sources.dectris.codec import (encode_end_v1, encode_end_v2, enc
 FORMATS = ("cbor", "legacy")
 COMPRESSIONS = ("bslz4", "lz4", "none")
 _V1_ENCODING = {"bslz4": "bslz4", "lz4": "lz4<", "none": "<"}  # bslz4: bs<pixel bits>-lz4<
+#: how long closing a sender waits for the receiver to take the messages still queued: a
+#: processor can be many seconds behind its detector (its own queues hold hundreds of frames)
+CLOSE_LINGER_S = 60.0
+
+log = logging.getLogger(__name__)
 
 
 def describing_start(scan: ScanDescription, geometry: Geometry, series_id: int,
@@ -91,25 +99,56 @@ class StreamSender:
     fmt : "cbor" (stream v2) or "legacy" (stream v1).
     compression : "bslz4", "lz4" or "none": how images are encoded.
     hwm : send high-water mark (messages queued before PUSH blocks).
+    context : the ZeroMQ context of the socket; by default one of its own, which :meth:`close`
+        terminates (and so knows when the queue is empty).
+    close_linger_s : how long :meth:`close` waits for the receiver to take what is queued
+        (None: as long as it takes).
     """
 
     def __init__(self, endpoint: str = "tcp://127.0.0.1:31001", fmt: str = "cbor",
                  compression: str = "bslz4", context: zmq.Context | None = None,
-                 hwm: int = 64) -> None:
+                 hwm: int = 64, close_linger_s: float | None = CLOSE_LINGER_S) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"stream format {fmt!r} is not one of {FORMATS}")
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression {compression!r} is not one of {COMPRESSIONS}")
+        if close_linger_s is not None and not close_linger_s > 0:
+            raise ValueError(f"close_linger_s must be positive or None, got {close_linger_s}")
         self.fmt, self.compression = fmt, compression
-        self._context = context or zmq.Context.instance()
+        self.close_linger_s = close_linger_s
+        self._own_context = context is None
+        self._context = zmq.Context() if context is None else context
         self.socket = self._context.socket(zmq.PUSH)
         self.socket.setsockopt(zmq.SNDHWM, hwm)
-        self.socket.setsockopt(zmq.LINGER, 2000)
+        self.socket.setsockopt(zmq.LINGER, self._linger_ms())   # for a close not made here
         self.socket.bind(endpoint)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def close(self) -> None:
-        self.socket.close()
+        """Close the socket once the receiver has taken every message still queued.
+
+        Waits up to :attr:`close_linger_s` (None: as long as it takes); ZeroMQ drops what is
+        still queued then, and a warning says so. A receiver that closed its socket takes
+        nothing more: closing then returns at once. With a context of the caller's, its
+        ``term()`` does the waiting, and nothing is logged here.
+        """
+        linger_s = self.close_linger_s
+        began = time.monotonic()
+        self.socket.close(linger=self._linger_ms())
+        if not self._own_context:
+            return
+        self._context.term()                  # once the queue is empty, or the linger over
+        waited = time.monotonic() - began
+        # term() returns early only when everything was sent: a wait of the whole linger
+        # means it gave up (zmq has no count of what it dropped)
+        if linger_s is not None and waited >= linger_s - 0.01:
+            log.warning("closing the stream sender on %s gave up after %.0f s: the receiver, "
+                        "still connected, did not take the messages queued (the end of the "
+                        "series among them?), which are dropped; close_linger_s sets the wait",
+                        self.endpoint, waited)
+
+    def _linger_ms(self) -> int:
+        return -1 if self.close_linger_s is None else round(self.close_linger_s * 1000)
 
     def send_parts(self, parts: Sequence[bytes] | bytes,
                    stop: threading.Event | None = None) -> bool:

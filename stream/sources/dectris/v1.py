@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from sxdm_stream.errors import format_untrusted
 from sxdm_stream.messages import ImageFrame, SeriesEnd, SeriesStart, StreamMessage
 from sxdm_stream.sources.dectris.compression import ImageSpec, decode_v1_blob, encode_v1_blob
 from sxdm_stream.sources.dectris.fields import (DTYPE_NAMES, bad_message, bit_depth_of_invalid,
@@ -72,7 +73,7 @@ def decode_v1(header: dict, parts: list, max_bytes: int, declared: ImageSpec | N
     # LiberTEM's emulator misspells it "deseries_end-1.0"; ADEiger also matches a prefix
     if htype.startswith(("dseries_end", "deseries_end")):
         return SeriesEnd(read_field(header, "series", int))
-    raise bad_message(f"unknown stream v1 htype {htype!r}", "unknown_type")
+    raise bad_message(f"unknown stream v1 htype {format_untrusted(htype)}", "unknown_type")
 
 
 def decode_start_v1(header: dict, parts: list, max_bytes: int) -> SeriesStart:
@@ -80,7 +81,7 @@ def decode_start_v1(header: dict, parts: list, max_bytes: int) -> SeriesStart:
     series = read_field(header, "series", int)
     detail = read_field(header, "header_detail", str)
     if detail not in ("all", "basic", "none"):
-        raise bad_message(f"header_detail {detail!r} is not all, basic or none")
+        raise bad_message(f"header_detail {format_untrusted(detail)} is not all, basic or none")
     rest, config = list(parts[1:]), {}
     if detail != "none":
         if not rest:
@@ -121,17 +122,19 @@ def _v1_header_array(value: Any) -> bool:
 def _v1_array(description: dict, blob, max_bytes: int,
               declared: ImageSpec | None) -> np.ndarray:
     shape = description.get("shape")
+    # sides of any size pass here: the byte cap refuses big ones as too_large
     if not (isinstance(shape, list) and len(shape) == 2
             and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
-        raise bad_message(f"stream v1 shape {shape!r:.60} is not [width, height]",
+        raise bad_message(f"stream v1 shape {format_untrusted(shape)} is not [width, height]",
                           "size_mismatch")
     type_name = read_field(description, "type", str)
     if type_name not in DTYPE_NAMES:
-        raise bad_message(f"stream v1 type {type_name!r} is not one of {sorted(DTYPE_NAMES)}",
+        raise bad_message(f"stream v1 type {format_untrusted(type_name)} is not one of "
+                          f"{sorted(DTYPE_NAMES)}",
                           "wrong_dtype")
     encoding = description.get("encoding", "<")
     if not isinstance(encoding, str):
-        raise bad_message(f"stream v1 encoding {encoding!r:.60} is not a string")
+        raise bad_message(f"stream v1 encoding {format_untrusted(encoding)} is not a string")
     # shape is [x, y] = [width, height]: the opposite order to numpy's (and to v2 dims)
     return decode_v1_blob(blob, encoding, np.dtype(type_name), (shape[1], shape[0]), max_bytes,
                           declared)
@@ -146,11 +149,11 @@ def _image_v1(header: dict, parts: list, extra: dict, max_bytes: int,
     description = load_json(parts[1], "image description")
     if not str(description.get("htype", "")).startswith("dimage_d-"):
         raise bad_message(f"second part of a stream v1 image is "
-                          f"{description.get('htype')!r:.40}, not dimage_d-1.0")
+                          f"{format_untrusted(description.get('htype'))}, not dimage_d-1.0")
     size = description.get("size")
-    if isinstance(size, int) and size != len(parts[2]):
-        raise bad_message(f"image blob has {len(parts[2])} bytes, its description says {size}",
-                          "truncated_payload")
+    if isinstance(size, int) and size != len(parts[2]):   # a bool or an int of any size
+        raise bad_message(f"image blob has {len(parts[2])} bytes, its description says "
+                          f"{format_untrusted(size)}", "truncated_payload")
     data = _v1_array(description, parts[2], max_bytes, declared)
     real_time_ns = read_field(load_json(parts[3], "image timing"), "real_time", float, False)
     # the hash (md5 of the description per the manual) is not checked: emulators disagree

@@ -20,6 +20,7 @@ import cbor2
 import numpy as np
 from cbor2 import CBORTag
 
+from sxdm_stream.errors import format_untrusted
 from sxdm_stream.messages import ImageFrame, SeriesEnd, SeriesStart, StreamMessage
 from sxdm_stream.sources.dectris.compression import ImageSpec, decode_array, encode_array
 from sxdm_stream.sources.dectris.fields import (DTYPE_NAMES, bad_message, bit_depth_of_invalid,
@@ -52,7 +53,7 @@ class ChannelSelection:
         if self.configured is not None and (strict or self.configured in channel_map):
             if self.configured not in channel_map:
                 raise bad_message(f"{what} has no channel {self.configured!r} (it has "
-                                  f"{list(channel_map)})")
+                                  f"{format_untrusted(list(channel_map))})")
             return channel_map[self.configured]
         if self.announced and self.announced[0] in channel_map:
             return channel_map[self.announced[0]]
@@ -110,19 +111,22 @@ def decode_v2(msg: Mapping, channels: ChannelSelection, max_bytes: int,
     if kind == "end":
         return SeriesEnd(read_field(msg, "series_id", int),
                          read_field(msg, "series_unique_id", str, False))
-    raise bad_message(f"unknown stream v2 message type {kind!r}", "unknown_type")
+    raise bad_message(f"unknown stream v2 message type {format_untrusted(kind)}",
+                      "unknown_type")
 
 
 def _start_v2(msg: Mapping, channels: ChannelSelection, max_bytes: int) -> SeriesStart:
     series_id = read_field(msg, "series_id", int)
     announced = read_field(msg, "channels", (list, tuple), False) or ()
     if not all(isinstance(c, str) for c in announced):
-        raise bad_message(f"start message channels {announced!r:.80} are not all strings")
+        raise bad_message(f"start message channels {format_untrusted(announced)} are not all "
+                          "strings")
     channels.announced = tuple(announced)
     fields = read_start_fields(msg, 2)
     dtype = read_field(msg, "image_dtype", str, False)
     if dtype is not None and dtype not in DTYPE_NAMES:
-        raise bad_message(f"image_dtype {dtype!r} is not one of {sorted(DTYPE_NAMES)}",
+        raise bad_message(f"image_dtype {format_untrusted(dtype)} is not one of "
+                          f"{sorted(DTYPE_NAMES)}",
                           "wrong_dtype")
     # bit_depth_image is not a v2 field, but SIMPLON's name for it: our sender adds it
     bits = read_bit_depth(msg, range(1, 65), "1 to 64", "malformed")
