@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sxdm_stream.config import Config
 from sxdm_stream.messages import ImageFrame, SeriesEnd
 from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings
 from sxdm_stream.simulators.operando import operando_sequence
@@ -44,7 +45,7 @@ def send(sender: StreamSender, scans, marks: dict, truth: list, live: LiveProces
         for index, _, _, frame in sc.simulator.frames():
             sender.send_image(ImageFrame(k, index, frame, series_unique_id=f"op-{k}"))
         sender.send_end(SeriesEnd(k, f"op-{k}"))
-        while live.status()["completed"] < k:
+        while live.status().completed < k:
             time.sleep(0.01)
         marks[k] = rss_mib()
 
@@ -61,7 +62,8 @@ def main() -> None:
         path = Path(tmp) / "series.h5"
         sender = StreamSender("tcp://127.0.0.1:*")
         live = LiveProcessor(sender.endpoint, out=Path(tmp) / "maps_{series_id}.h5", operando=path,
-                             settings=LiveSettings(checkpoints=False), max_series=args.scans)
+                             settings=Config(live=LiveSettings(checkpoints=False)),
+                             max_series=args.scans)
         marks: dict[int, float] = {}
         live.start()
         t0 = time.perf_counter()

@@ -100,7 +100,7 @@ def replay_into_processor(master, roi, compression, out: Path,
     send_rate = queue.get(timeout=600)
     proc.join(60)
     status = live.status()
-    return status["frames_per_s"], send_rate, status
+    return status.frames_per_s, send_rate, status
 
 
 def main(argv=None) -> int:
@@ -128,14 +128,14 @@ def main(argv=None) -> int:
         live_rate, send_rate, status = replay_into_processor(master, roi, args.compression,
                                                              base / "live.h5")
         print(f"file replay --rate max into the live processor:     {live_rate:8.0f} frames/s "
-              f"processed (sender {send_rate:.0f} frames/s; processed {status['processed']}, "
-              f"dropped {status['dropped']}, rejected {sum(status['rejected'].values())})")
+              f"processed (sender {send_rate:.0f} frames/s; processed {status.processed}, "
+              f"dropped {status.dropped}, rejected {sum(status.rejected.values())})")
         rec_alone = sender_alone(recording, roi, args.compression, n, target=recording_process)
         print(f"recording replay --rate max, sender alone:          {rec_alone:8.0f} frames/s")
         own_rate, rec_send, rec_status = replay_into_processor(
             recording, roi, args.compression, base / "rec.h5", target=recording_process)
         print(f"recording replay into the live processor:           {own_rate:8.0f} frames/s "
-              f"processed (sender {rec_send:.0f} frames/s; processed {rec_status['processed']})")
+              f"processed (sender {rec_send:.0f} frames/s; processed {rec_status.processed})")
         scan_file = open_source(master, SourceOptions(overrides=GeometryOverrides(roi=roi)))
         result = process_file_scan(scan_file, base / "file.h5", workers=2)
         print(f"process-file, 2 threads, no sockets:                {result.frames_per_s:8.0f} "

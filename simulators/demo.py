@@ -21,8 +21,9 @@ from sxdm_stream.analysis.scan_analysis import analyse
 from sxdm_stream.config import Config
 from sxdm_stream.core.accumulate import ScanSetup
 from sxdm_stream.core.maps import MapSet
+from sxdm_stream.messages import LiveStatus
 from sxdm_stream.pipeline.scan_processor import ScanProcessor
-from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings, format_status
+from sxdm_stream.runtime.processor import LiveProcessor, format_status
 from sxdm_stream.sinks.overview import write_overview_png
 from sxdm_stream.sinks.results import write_results
 
@@ -69,7 +70,6 @@ def run_demo(config: Config, live: bool = True, fmt: str = "cbor") -> DemoResult
 
 
 def _run_live(config: Config, scenario: Scenario, results: Path, fmt: str):
-    settings = LiveSettings.from_config(config)
     # fail on a bad configuration here, before a detector process is started
     ScanSetup(scenario.geometry, scenario.scan, config.accumulation)
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,7 +83,7 @@ def _run_live(config: Config, scenario: Scenario, results: Path, fmt: str):
             endpoint = _read_endpoint(child)
             log.info("simulated detector (pid %d) streaming on %s", child.pid, endpoint)
             # the demo remakes its own outputs on every run
-            processor = LiveProcessor(endpoint, out=results, settings=settings, max_series=1,
+            processor = LiveProcessor(endpoint, out=results, settings=config, max_series=1,
                                       overwrite=True)
             with processor:
                 while not processor.wait(1.0):
@@ -116,14 +116,15 @@ def _end(child: subprocess.Popen) -> None:
         child.stdout.close()
 
 
-def _frames_summary(status: dict) -> dict:
-    return {k: status[k] for k in ("received", "processed", "rejected", "dropped")} | {
-        "frames_per_s": round(status["frames_per_s"], 1)}
+def _frames_summary(status: LiveStatus) -> dict:
+    return {"received": status.received, "processed": status.processed,
+            "rejected": dict(status.rejected), "dropped": status.dropped,
+            "frames_per_s": round(status.frames_per_s, 1)}
 
 
 def _run_in_process(config: Config, scenario: Scenario, results: Path):
     setup = ScanSetup(scenario.geometry, scenario.scan, config.accumulation)
-    processor = ScanProcessor(setup, config.maps.mask_fraction, config.maps.d_ref_a or None)
+    processor = ScanProcessor(setup, config.maps.mask_fraction, config.maps.d_ref_a)
     total, last = scenario.scan.n_frames, time.perf_counter()
     for index, _angle, _point, frame in scenario.simulator.frames(reuse_buffer=True):
         processor.add(index, frame)
@@ -131,7 +132,7 @@ def _run_in_process(config: Config, scenario: Scenario, results: Path):
             last = time.perf_counter()
             log.info("frames %d/%d, %.0f frames/s", processor.counters.received, total,
                      processor.counters.rate())
-    analysis = analyse(processor.accumulator, LiveSettings.from_config(config).analysis, final=True)
+    analysis = analyse(processor.accumulator, config.analysis, final=True)
     maps = analysis.maps
     write_results(results, maps, setup, processor.accumulator,
                   hits=setup.hits() if setup.keep_histogram else None,

@@ -26,30 +26,39 @@ from sxdm_stream.version import __version__
 #: public name -> the module that defines it
 _PUBLIC = {
     # the live processor and its settings
-    "LiveProcessor": "runtime.processor", "LiveSettings": "runtime.settings",
+    "LiveProcessor": "runtime.processor", "LiveSettings": "config",
     "ScanOverride": "runtime.settings", "SeriesResult": "runtime.writer",
     "format_status": "runtime.report", "process_file_scan": "runtime.process_file",
     # configuration
     "Config": "config", "load_config": "config", "load_scan_file": "config",
+    "override": "config", "CONFIG_VERSION": "config", "ConfigDeprecationWarning": "config",
+    "MapSettings": "config", "FitSettings": "config", "RoiSuggestionSettings": "config",
+    "DriftSettings": "config", "ParticleSettings": "config",
     # scan set-up, accumulation and maps
     "Geometry": "core.geometry", "Detector": "core.geometry", "ScanDescription": "core.scan",
     "QGrid": "core.grid", "ScanSetup": "core.accumulate", "AccumulationSettings": "core.accumulate",
     "Accumulator": "core.accumulate", "MapSet": "core.maps", "MAP_FIELDS": "core.maps",
+    "map_arrays": "core.maps", "misorientation_rgb": "core.maps",
     "QRoi": "core.qroi", "ScanProcessor": "pipeline.scan_processor",
     # analysis
     "analyse": "analysis.scan_analysis", "ScanAnalysis": "analysis.scan_analysis",
-    "AnalysisSettings": "analysis.scan_analysis",
-    # messages between the stages, and the contracts of what plugs in
+    "AnalysisSettings": "analysis.scan_analysis", "PARTICLE_FIELDS": "analysis.particles",
+    # messages between the stages and on the wire, and the contracts of what plugs in
     "SeriesStart": "messages", "ImageFrame": "messages", "SeriesEnd": "messages",
     "PlanStart": "messages", "PointPositions": "messages", "PlanEnd": "messages",
-    "SXDM_KEY": "messages", "Source": "protocols", "MessageSink": "protocols",
+    "SXDM_KEY": "messages", "SXDM_METADATA_VERSION": "messages", "LiveStatus": "messages",
+    "SnapshotHeader": "messages", "Source": "protocols", "MessageSink": "protocols",
     "ResultSink": "protocols",
     # sources and sinks
     "Decoder": "sources.dectris.codec", "StreamSender": "sources.dectris.sender",
     "open_source": "sources.files.open", "SourceOptions": "sources.files.open",
     "process_recording": "runtime.process_file", "read_maps": "sinks.results",
     "read_configuration": "sinks.results", "write_results": "sinks.results",
+    "read_particles": "sinks.results_analysis", "read_drift": "sinks.results_analysis",
+    "read_roi_maps": "sinks.results_analysis", "read_roi_suggestion": "sinks.results_analysis",
     "Snapshot": "sinks.publish", "SnapshotSubscriber": "sinks.publish",
+    "PixelReply": "sinks.publish", "encode_pixel_request": "sinks.publish",
+    "decode_pixel_reply": "sinks.publish",
     # errors a user can act on
     "SxdmError": "errors", "ConfigError": "errors", "BadMessageError": "errors",
     "BadFrameError": "errors", "IncompatibleFileError": "errors",

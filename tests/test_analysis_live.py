@@ -13,10 +13,10 @@ import pytest
 from sxdm_stream.analysis.drift import DriftSettings
 from sxdm_stream.analysis.scan_analysis import AnalysisSettings, analyse
 from sxdm_stream.cli.main import main
-from sxdm_stream.config import load_config
+from sxdm_stream.config import Config, FitSettings, LiveSettings, load_config
 from sxdm_stream.core.accumulate import AccumulationSettings
 from sxdm_stream.messages import ImageFrame, SeriesEnd
-from sxdm_stream.runtime.processor import (LiveProcessor, LiveSettings, analysis_arrays,
+from sxdm_stream.runtime.processor import (LiveProcessor, analysis_arrays,
                                            analysis_header)
 from sxdm_stream.simulators.analysis_scenarios import drifting_scenario, truth_at_angle
 from sxdm_stream.simulators.scenarios import two_particle_scenario
@@ -26,7 +26,7 @@ from sxdm_stream.sinks.results import read_maps
 from sxdm_stream.sinks.results_analysis import read_drift, read_particles, read_roi_maps
 
 
-def run_live(scenario, out, settings: LiveSettings, keep: list | None = None):
+def run_live(scenario, out, settings: Config, keep: list | None = None):
     """Submit one simulated scan; ``keep`` receives the processor."""
     live = LiveProcessor(None, out=out, settings=settings, max_series=1).start()
     if keep is not None:
@@ -47,7 +47,7 @@ def run_live(scenario, out, settings: LiveSettings, keep: list | None = None):
 def test_rois_suggested_on_one_scan_separate_two_particles_on_the_next(tmp_path, capsys):
     scenario = two_particle_scenario(shape=(20, 20), n_angles=17)
     truth = scenario.simulator.truth()
-    first_settings = LiveSettings(checkpoints=False)
+    first_settings = Config(live=LiveSettings(checkpoints=False))
     _, first = run_live(scenario, tmp_path / "first.h5", first_settings)
     suggestion = first.analysis.roi_suggestion
     assert suggestion is not None and len(suggestion.rois) == 2
@@ -92,7 +92,7 @@ def drift_um(n_angles):
 def test_live_drift_correction_is_written_and_beats_the_uncorrected_maps(tmp_path):
     n_angles = 21
     scenario = drifting_scenario(drift_um(n_angles), shape=(32, 32), n_angles=n_angles)
-    settings = LiveSettings(checkpoints=False, drift=DriftSettings(mode="auto"))
+    settings = Config(live=LiveSettings(checkpoints=False), drift=DriftSettings(mode="auto"))
     _, result = run_live(scenario, tmp_path / "drift.h5", settings)
     drift = read_drift(tmp_path / "drift.h5")
     ref = drift["reference_angle"]
@@ -126,7 +126,7 @@ def stored_accumulator(path, scenario):
 
 
 def test_particles_and_fits_in_the_results_file(small_scenario, tmp_path):
-    settings = LiveSettings(checkpoints=False, fits=True)
+    settings = Config(live=LiveSettings(checkpoints=False), fits=FitSettings(enabled=True))
     _, result = run_live(small_scenario, tmp_path / "fits.h5", settings)
     particles = read_particles(tmp_path / "fits.h5")
     assert len(particles) == 1
@@ -155,11 +155,11 @@ def test_a_failing_analysis_never_stops_the_processor_nor_loses_the_sums(small_s
     monkeypatch.setattr(live_writer, "analyse", broken)          # results files
     kept = []
     with pytest.raises(AssertionError):                  # run_live expects an analysis
-        run_live(small_scenario, tmp_path / "sums.h5", LiveSettings(checkpoints=False), kept)
+        run_live(small_scenario, tmp_path / "sums.h5", Config(live=LiveSettings(checkpoints=False)), kept)
     live = kept[0]
     (result,) = live.results
     assert result.complete and result.analysis is None
-    assert live.status()["processed"] == small_scenario.scan.n_frames
+    assert live.status().processed == small_scenario.scan.n_frames
     assert live.snapshot_errors >= 1 and live.write_errors >= 1
     maps = read_maps(tmp_path / "sums.h5")                # the plain maps were written
     assert np.isfinite(maps["strain"][maps["mask"]]).all()

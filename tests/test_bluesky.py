@@ -15,6 +15,7 @@ pytest.importorskip("ophyd")
 import bluesky.plans as bp  # noqa: E402
 from bluesky import RunEngine  # noqa: E402
 
+from sxdm_stream.config import Config  # noqa: E402
 from sxdm_stream.plugins.bluesky import (SxdmCallback, scan_from_start,  # noqa: E402
                                          sim_sxdm_devices, sxdm_block, sxdm_map)
 from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings  # noqa: E402
@@ -35,7 +36,8 @@ def run_engine():
 
 @pytest.fixture
 def live():
-    processor = LiveProcessor(None, settings=LiveSettings(checkpoints=False), max_series=1).start()
+    processor = LiveProcessor(None, settings=Config(live=LiveSettings(checkpoints=False)),
+                              max_series=1).start()
     yield processor
     processor.stop()
 
@@ -71,7 +73,7 @@ def test_sxdm_map_in_process_matches_truth(run_engine, live, small_scenario):
     (uid,) = run_map(run_engine, devices, small_scenario)
     maps = finished_maps(live)
     status = live.status()
-    assert status["processed"] == small_scenario.scan.n_frames and not status["rejected"]
+    assert status.processed == small_scenario.scan.n_frames and not status.rejected
     assert not callback.rejected
     start = docs[0][1]
     assert start["uid"] == uid and start["plan_name"] == "sxdm_map"
@@ -96,7 +98,7 @@ def test_plain_grid_scan_with_sxdm_metadata(run_engine, live, small_scenario):
                             scan.shape[0], devices.pix, c0, c1, scan.shape[1], snake_axes=True,
                             md=md))
     maps = finished_maps(live)
-    assert live.status()["processed"] == scan.n_frames
+    assert live.status().processed == scan.n_frames
     assert_accurate(maps, small_scenario)
 
 
@@ -106,7 +108,8 @@ def test_frames_by_reference_give_the_same_maps(run_engine, tmp_path):
     mask = small_scenario.geometry.detector.mask
     results = []
     for write_path in (None, tmp_path):
-        live = LiveProcessor(None, settings=LiveSettings(checkpoints=False), max_series=1).start()
+        live = LiveProcessor(None, settings=Config(live=LiveSettings(checkpoints=False)),
+                             max_series=1).start()
         try:
             devices = sim_sxdm_devices(small_scenario, write_path=write_path)
             names = []
@@ -133,7 +136,7 @@ def test_runs_without_sxdm_metadata_are_ignored(run_engine, live, small_scenario
     run_engine.subscribe(callback)
     run_engine(bp.scan([devices.det], devices.pix, 0, 1, 3))
     assert callback.runs_seen == 0 and not callback.rejected
-    assert live.status()["messages"] == 0
+    assert live.status().messages == 0
 
 
 def test_late_joiner_drops_the_run_and_says_so(live, small_scenario, caplog):
@@ -146,7 +149,7 @@ def test_late_joiner_drops_the_run_and_says_so(live, small_scenario, caplog):
                            "data": {"img": np.zeros((4, 4))}, "timestamps": {"img": 0.0}})
     assert callback.rejected["missed_start"] == 2
     assert "start document was not seen" in caplog.text
-    assert live.status()["messages"] == 0
+    assert live.status().messages == 0
 
 
 class Collector:
@@ -218,7 +221,8 @@ def test_detector_stream_joined_to_bluesky_positions(run_engine, small_scenario)
     from sxdm_stream.sources.dectris.sender import StreamSender
 
     sender = StreamSender("tcp://127.0.0.1:*")
-    live = LiveProcessor(sender.endpoint, settings=LiveSettings(checkpoints=False), max_series=1)
+    live = LiveProcessor(sender.endpoint, settings=Config(live=LiveSettings(checkpoints=False)),
+                         max_series=1)
     live.start()
     try:
         devices = sim_sxdm_devices(small_scenario)
@@ -238,8 +242,8 @@ def test_detector_stream_joined_to_bluesky_positions(run_engine, small_scenario)
     descriptor = next(doc for name, doc in names if name == "descriptor")
     assert not any(len(k.get("shape") or []) >= 2 for k in descriptor["data_keys"].values())
     status = live.status()
-    assert status["processed"] == small_scenario.scan.n_frames, status
-    assert not status["rejected"] and status["placed_by_index"] == 0, status
+    assert status.processed == small_scenario.scan.n_frames, status
+    assert not status.rejected and status.placed_by_index == 0, status
     assert not callback.rejected
     assert live.results[0].series_unique_id != uid          # the detector's own series
     assert_accurate(maps, small_scenario)
@@ -292,7 +296,7 @@ def test_relative_grid_scan_is_placed_from_the_motor_readings(run_engine, live, 
                                 devices.pix, c0 - pix0, c1 - pix0, scan.shape[1], md=md))
     maps = finished_maps(live)
     status = live.status()
-    assert status["processed"] == scan.n_frames and not status["rejected"], status
+    assert status.processed == scan.n_frames and not status.rejected, status
     assert not callback.rejected
     placed = callback.last_scan
     np.testing.assert_allclose(placed.extents_um, scan.extents_um, atol=1e-9)
@@ -318,4 +322,4 @@ def test_relative_plan_without_readings_is_dropped_with_its_reason(live, small_s
                        "data": {"img": np.zeros((4, 4)), "piy": r0}, "timestamps": {}})
     callback("stop", {"uid": "s", "run_start": "rel-run", "time": 0.0, "exit_status": "success"})
     assert callback.rejected == {"relative_without_readings": 1}
-    assert live.status()["messages"] == 0
+    assert live.status().messages == 0

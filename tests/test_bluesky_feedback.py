@@ -11,6 +11,7 @@ pytest.importorskip("bluesky")
 
 from bluesky import RunEngine  # noqa: E402
 
+from sxdm_stream.config import Config  # noqa: E402
 from sxdm_stream.plugins.bluesky import (LiveFeedback, SxdmCallback, sim_sxdm_devices,  # noqa: E402
                                          sxdm_map_until_peak, widen_rocking_range)
 from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings  # noqa: E402
@@ -29,7 +30,7 @@ def beamline(wide_scenario):
     """RunEngine, live processor, callback and feedback device; all stopped afterwards."""
     loop = asyncio.new_event_loop()
     RE = RunEngine({}, loop=loop, context_managers=[])
-    live = LiveProcessor(None, settings=LiveSettings(checkpoints=False)).start()
+    live = LiveProcessor(None, settings=Config(live=LiveSettings(checkpoints=False))).start()
     callback = SxdmCallback(live, pixel_mask=wide_scenario.geometry.detector.mask)
     RE.subscribe(callback)
     feedback = LiveFeedback(live, callback, tail_fraction=0.1, timeout=60)

@@ -21,6 +21,7 @@ pytest.importorskip("msgpack_numpy")
 from bluesky import RunEngine  # noqa: E402
 from bluesky.callbacks.zmq import Publisher  # noqa: E402
 
+from sxdm_stream.config import Config  # noqa: E402
 from sxdm_stream.plugins.bluesky import RemoteListener, sim_sxdm_devices, sxdm_map  # noqa: E402
 from sxdm_stream.plugins.bluesky.remote import (msgpack_dumps, msgpack_loads,  # noqa: E402
                                                 serializer_pair)
@@ -76,7 +77,7 @@ def test_msgpack_round_trip_keeps_numpy_images():
 def test_sxdm_map_through_the_0mq_proxy(proxy, small_scenario):
     in_port, out_port = proxy
     mask = small_scenario.geometry.detector.mask
-    live = LiveProcessor(None, settings=LiveSettings(checkpoints=False), max_series=1).start()
+    live = LiveProcessor(None, settings=Config(live=LiveSettings(checkpoints=False)), max_series=1).start()
     listener = RemoteListener(f"127.0.0.1:{out_port}", live, pixel_mask=mask)
     thread = threading.Thread(target=listener.run, name="test-dispatcher")
     thread.start()
@@ -102,7 +103,7 @@ def test_sxdm_map_through_the_0mq_proxy(proxy, small_scenario):
         RE._th.join(10)
         loop.close()
     assert not thread.is_alive()
-    assert live.status()["processed"] == scan.n_frames
+    assert live.status().processed == scan.n_frames
     assert listener.callback.runs_seen == 1 and not listener.callback.rejected
     report = accuracy_report(live.results[0].maps, small_scenario.simulator.truth())
     assert report["strain_rms_error"] <= 2 * report["strain_limit"], report
@@ -216,7 +217,7 @@ def test_derived_runs_on_the_same_proxy_do_not_cut_the_next_run(proxy, small_sce
 
     in_port, out_port = proxy
     mask = small_scenario.geometry.detector.mask
-    live = LiveProcessor(None, settings=LiveSettings(checkpoints=False), max_series=2).start()
+    live = LiveProcessor(None, settings=Config(live=LiveSettings(checkpoints=False)), max_series=2).start()
     derived = DerivedRunPublisher(f"127.0.0.1:{in_port}")
     live.on_result(derived)
     listener = RemoteListener(f"127.0.0.1:{out_port}", live, pixel_mask=mask)
@@ -246,6 +247,6 @@ def test_derived_runs_on_the_same_proxy_do_not_cut_the_next_run(proxy, small_sce
         RE._th.join(10)
         loop.close()
     assert [r.complete for r in live.results] == [True, True]
-    assert live.status()["processed"] == 2 * scan.n_frames
+    assert live.status().processed == 2 * scan.n_frames
     assert listener.callback.runs_seen == 2 and not listener.callback.rejected
     assert derived.runs == 2 and listener.skipped >= 4       # the first derived run came back

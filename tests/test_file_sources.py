@@ -76,7 +76,7 @@ def test_replayed_live_and_processed_directly_give_the_same_true_maps(
     live = replay_live(scan_file, tmp_path / "live.h5", fmt)
     direct = process_file_scan(scan_file, tmp_path / "direct.h5", workers=2)
     n = small_scenario.scan.n_frames
-    assert live.status()["processed"] == n and live.status()["rejected"] == {}
+    assert live.status().processed == n and live.status().rejected == {}
     assert direct.processor.counters.processed == n and direct.processor.complete
     live_maps, file_maps = read_maps(tmp_path / "live.h5"), read_maps(tmp_path / "direct.h5")
     for name in ("strain", "tilt_altitude", "tilt_azimuth", "d_spacing", "qx", "qy", "qz"):
@@ -201,6 +201,6 @@ def test_bitshuffle_chunks_are_replayed_without_decompressing(small_scenario, sm
                         lambda self, *a: decoded.append(a) or original(self, *a))
     live = replay_live(scan_file, tmp_path / "live.h5")
     assert not decoded, "frames were decompressed for the replay"
-    assert live.status()["processed"] == small_scenario.scan.n_frames
+    assert live.status().processed == small_scenario.scan.n_frames
     (result,) = live.results
     np.testing.assert_array_equal(result.maps.intensity, small_processed.maps().intensity)

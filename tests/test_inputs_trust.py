@@ -15,6 +15,7 @@ import pytest
 from sxdm_stream.cli.endpoints import check_bindable, check_endpoint
 from sxdm_stream.cli.files import source_options
 from sxdm_stream.cli.main import build_parser, main
+from sxdm_stream.config import Config
 from sxdm_stream.core.accumulate import AccumulationSettings, Accumulator, ScanSetup
 from sxdm_stream.core.geometry import Detector, Geometry, geometry_from_description
 from sxdm_stream.errors import BadMessageError, ConfigError
@@ -187,7 +188,7 @@ def test_live_series_with_a_user_mask_and_nodata_pixels(small_scenario, tmp_path
     user_mask[90:100, 350:420] = True
     np.save(tmp_path / "user.npy", user_mask)
     accumulation = AccumulationSettings(pixel_mask=str(tmp_path / "user.npy"))
-    settings = LiveSettings(accumulation=accumulation, checkpoints=False)
+    settings = Config(accumulation=accumulation, live=LiveSettings(checkpoints=False))
     both = geometry.detector.mask | user_mask
     masked = Geometry(dataclasses.replace(geometry.detector, mask=both), geometry.energy_ev,
                       geometry.diffractometer)
@@ -204,7 +205,7 @@ def test_live_series_with_a_user_mask_and_nodata_pixels(small_scenario, tmp_path
         live.submit(SeriesEnd(5, "run-5"))
         assert live.wait(TIMEOUT)
     result = live.results[-1]
-    assert result.complete and live.status()["processed"] == scan.n_frames
+    assert result.complete and live.status().processed == scan.n_frames
     with h5py.File(result.path) as f:
         assert f["entry"].attrs["invalid_pixels"] == expected > 0
         np.testing.assert_array_equal(f["entry/accumulator/moments"][()],
@@ -362,6 +363,6 @@ def test_live_a_sheared_scan_file_gives_no_map(small_scenario, tmp_path):
                 break
             live.submit(ImageFrame(2, index, frame.copy(), "run-2"))
         live.submit(SeriesEnd(2, "run-2"))
-    rejected = live.status()["rejected"]
+    rejected = live.status().rejected
     assert rejected["frame_count_mismatch"] == 31          # the start and its 30 images
     assert not live.results and not (tmp_path / "out.h5").exists()

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from sxdm_stream.config import Config
 from sxdm_stream.core.accumulate import ScanSetup
 from sxdm_stream.messages import (SXDM_KEY, ImageFrame, PlanEnd, PlanStart, PointPositions,
                                   SeriesEnd, SeriesStart)
@@ -77,7 +78,8 @@ def reference(scenario):
 
 
 def run_live(messages, settings=None):
-    live = LiveProcessor(None, settings=settings or LiveSettings(checkpoints=False), max_series=1)
+    live = LiveProcessor(None, settings=settings or Config(live=LiveSettings(checkpoints=False)),
+                         max_series=1)
     live.start()
     try:
         for m in messages:
@@ -92,8 +94,8 @@ def assert_same_sums(live, reference):
     (result,) = live.results
     assert result.complete
     status = live.status()
-    assert status["processed"] == reference.setup.scan.n_frames, status
-    assert not status["rejected"] and status["placed_by_index"] == 0, status
+    assert status.processed == reference.setup.scan.n_frames, status
+    assert not status.rejected and status.placed_by_index == 0, status
     np.testing.assert_array_equal(result.maps.intensity, reference.maps().intensity)
     np.testing.assert_allclose(result.maps.com, reference.maps().com, rtol=1e-12, equal_nan=True)
 
@@ -132,8 +134,8 @@ def test_positions_that_never_come_place_frames_by_index_and_say_so(scenario, ca
     messages += [PlanEnd("c4", "abort"), SeriesEnd(1, "u1")]
     live = run_live(messages)
     status = live.status()
-    assert status["processed"] == scenario.scan.n_frames
-    assert status["placed_by_index"] == scenario.scan.n_frames - 50
+    assert status.processed == scenario.scan.n_frames
+    assert status.placed_by_index == scenario.scan.n_frames - 50
     assert "placed by its index" in caplog.text
 
 
@@ -146,14 +148,14 @@ def test_missed_run_start_rejects_that_series_and_keeps_the_next(scenario, refer
     messages += [SeriesEnd(1, "u1")]
     messages += [detector_start(scenario, "c5", 2), plan_start(scenario, "c5")]
     messages += [m for pair in kept for m in pair] + [PlanEnd("c5"), SeriesEnd(2, "u2")]
-    settings = LiveSettings(checkpoints=False, join_timeout_s=0.2)
+    settings = Config(live=LiveSettings(checkpoints=False, join_timeout_s=0.2))
     live = LiveProcessor(None, settings=settings, max_series=1).start()
     try:
         for m in messages[:22]:
             live.submit(m)
         # the detector ended series 1; after the timeout it is given up
         deadline = time.monotonic() + 10
-        while live.status()["rejected"].get("no_scan_description", 0) < 20:
+        while live.status().rejected.get("no_scan_description", 0) < 20:
             assert time.monotonic() < deadline, live.status()
             time.sleep(0.05)
         for m in messages[22:]:
@@ -162,19 +164,19 @@ def test_missed_run_start_rejects_that_series_and_keeps_the_next(scenario, refer
     finally:
         live.stop()
     status = live.status()
-    assert status["rejected"] == {"no_scan_description": 20}
+    assert status.rejected == {"no_scan_description": 20}
     assert "correlation id lost" in caplog.text and "start document missed" in caplog.text
     (result,) = [r for r in live.results if r.complete]
     np.testing.assert_array_equal(result.maps.intensity, reference.maps().intensity)
 
 
 def test_positions_for_an_unknown_run_are_counted(scenario):
-    live = LiveProcessor(None, settings=LiveSettings(checkpoints=False)).start()
+    live = LiveProcessor(None, settings=Config(live=LiveSettings(checkpoints=False))).start()
     try:
         live.submit(PointPositions("nobody", 0, {"piy": 0.0, "pix": 0.0}))
         live.submit(PointPositions("nobody", 1, {"piy": 0.0, "pix": 0.0}))
         deadline = time.monotonic() + 10
-        while live.status()["rejected"].get("unknown_run", 0) < 2:
+        while live.status().rejected.get("unknown_run", 0) < 2:
             assert time.monotonic() < deadline
             time.sleep(0.02)
     finally:

@@ -170,3 +170,47 @@ def test_the_checkers_catch_violations(tmp_path):
     found = imports_of("sxdm_stream.core.geometry", bad)
     assert "h5py" in found and "sxdm_stream.simulators.frames" in found
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def private_imports(name: str, path: Path, public: set[str]) -> set[str]:
+    """What a plugin module imports of sxdm_stream beyond the package's public names and its
+    own plugin's modules (``sxdm_stream.plugins.<plugin>``)."""
+    own = ".".join(name.split(".")[:3])
+    allowed = {"sxdm_stream"} | {f"sxdm_stream.{n}" for n in public}
+    return {i for i in imports_of(name, path) if i.startswith("sxdm_stream") and i not in allowed
+            and i != own and not i.startswith(own + ".")}
+
+
+PLUGINS = [(n, p) for n, p in ALL if layer(n) == "plugins"]
+
+
+@pytest.mark.parametrize("name, path", PLUGINS, ids=[n for n, _ in PLUGINS])
+def test_plugins_import_only_the_public_api(name, path):
+    import sxdm_stream
+
+    bad = private_imports(name, path, set(sxdm_stream.__all__))
+    assert not bad, (f"{name} imports {sorted(bad)}: a plugin imports `from sxdm_stream import "
+                     "...` (names in sxdm_stream.__all__) and its own modules only")
+
+
+def test_the_plugin_check_catches_private_imports(tmp_path):
+    bad = tmp_path / "model.py"
+    bad.write_text("from sxdm_stream import Snapshot, LiveStatus\nfrom .panels import x\n"
+                   "from sxdm_stream.core.maps import hsv_to_rgb\nfrom ..bluesky import plans\n"
+                   "from sxdm_stream import analysis\n")
+    found = private_imports("sxdm_stream.plugins.viewer.model", bad, {"Snapshot", "LiveStatus"})
+    assert found == {"sxdm_stream.core.maps", "sxdm_stream.core.maps.hsv_to_rgb",
+                     "sxdm_stream.plugins.bluesky", "sxdm_stream.plugins.bluesky.plans",
+                     "sxdm_stream.analysis"}
+
+
+def test_every_public_name_resolves_and_is_listed():
+    import sxdm_stream
+
+    names = sxdm_stream.__all__
+    assert len(set(names)) == len(names), "a public name listed twice"
+    unresolved = [n for n in names if getattr(sxdm_stream, n, None) is None]
+    assert not unresolved, f"sxdm_stream.__all__ names what it cannot give: {unresolved}"
+    assert set(names) <= set(dir(sxdm_stream))
+    with pytest.raises(AttributeError):
+        sxdm_stream.no_such_name  # noqa: B018

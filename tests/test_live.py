@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import zmq
 
+from sxdm_stream.config import Config
 from sxdm_stream.messages import SXDM_KEY, ImageFrame, SeriesEnd
 from sxdm_stream.pipeline.scan_processor import ScanProcessor
-from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings, ScanOverride
+from sxdm_stream.runtime.processor import LiveProcessor, ScanOverride
 from sxdm_stream.simulators.sender import SimulatedDetector, series_start
 from sxdm_stream.simulators.validation import accuracy_report
 from sxdm_stream.sinks.publish import SnapshotSubscriber, decode_pixel_reply, encode_pixel_request
@@ -62,8 +63,8 @@ def test_stream_gives_the_same_sums_as_in_process(small_scenario, reference, tmp
     sender.join(TIMEOUT)
     detector.close()
     status = live.status()
-    assert status["processed"] == small_scenario.scan.n_frames
-    assert status["rejected"] == {} and status["dropped"] == 0
+    assert status.processed == small_scenario.scan.n_frames
+    assert status.rejected == {} and status.dropped == 0
     result = live.results[-1]
     assert result.complete and result.series_id == 3 and result.path == out
     maps = read_maps(out)
@@ -81,7 +82,7 @@ def test_live_maps_match_ground_truth_and_snapshots_are_published(default_scan, 
     with live:
         sender = send_in_thread(detector, series_id=1)
         snapshot = None
-        while snapshot is None or not snapshot.header["complete"]:
+        while snapshot is None or not snapshot.header.final:
             snapshot = sub.receive(TIMEOUT * 1000)
             assert snapshot is not None, "no snapshot published"
         assert live.wait(TIMEOUT)
@@ -93,8 +94,8 @@ def test_live_maps_match_ground_truth_and_snapshots_are_published(default_scan, 
     assert report["tilt_rms_error_deg"] <= 2 * report["tilt_limit_deg"]
     np.testing.assert_allclose(snapshot.arrays["strain"], default_scan.maps.strain, atol=1e-6,
                                equal_nan=True)
-    assert snapshot.header["stats"]["processed"] == scenario.scan.n_frames
-    assert live.status()["latency_p99_s"] is not None
+    assert snapshot.header.stats.processed == scenario.scan.n_frames
+    assert live.status().latency_p99_s is not None
 
 
 def test_pixel_requests_return_the_histogram_of_a_map_pixel(small_scenario, reference):
@@ -108,7 +109,7 @@ def test_pixel_requests_return_the_histogram_of_a_map_pixel(small_scenario, refe
     with live:
         sender = send_in_thread(detector, series_id=1, send_end=False)
         sender.join(TIMEOUT)
-        wait_until(lambda: (live.status()["progress"] or (0,))[0] == small_scenario.scan.n_frames)
+        wait_until(lambda: (live.status().progress or (0,))[0] == small_scenario.scan.n_frames)
         req.send_multipart(encode_pixel_request(point))
         assert req.poll(TIMEOUT * 1000)
         reply = decode_pixel_reply(req.recv_multipart())
@@ -156,11 +157,11 @@ def test_bad_input_is_counted_by_reason_and_the_scan_still_completes(small_scena
         push.send(encode_end_v2(SeriesEnd(7, "run-7")))
         assert live.wait(TIMEOUT)
     push.close()
-    rejected = live.status()["rejected"]
+    rejected = live.status().rejected
     assert rejected == {"image_before_start": 1, "malformed": 2, "unknown_series": 1,
                         "index_out_of_range": 1, "wrong_shape": 1, "bad_position": 1,
                         "outside_grid": 1, "duplicate_image": 1}, rejected
-    assert live.status()["processed"] == scan.n_frames
+    assert live.status().processed == scan.n_frames
     assert_same_sums_maps = read_maps(tmp_path / "r.h5")
     np.testing.assert_allclose(assert_same_sums_maps["strain"], reference.maps().strain,
                                atol=1e-6, equal_nan=True)
@@ -174,7 +175,7 @@ def test_scan_file_for_a_stream_without_description(small_scenario, reference, t
     start = series_start(small_scenario, 1, "plain", "plain")
     plain = type(start)(**{**start.__dict__, "user_data": None})
     override = ScanOverride(scan, geo)
-    with LiveProcessor(endpoint, settings=LiveSettings(), override=override, max_series=1) as live:
+    with LiveProcessor(endpoint, settings=Config(), override=override, max_series=1) as live:
         push.send(encode_start_v2(plain))
         for index in range(scan.n_frames):
             push.send(encode_image_v2(ImageFrame(1, index, small_scenario.simulator.frame(
@@ -194,11 +195,11 @@ def test_a_stream_without_description_and_no_scan_file_is_refused_clearly(small_
     live = LiveProcessor(endpoint).start()
     push.send(encode_start_v2(plain))
     push.send(encode_image_v2(ImageFrame(1, 0, small_scenario.simulator.frame(0, 0), "plain")))
-    wait_until(lambda: sum(live.status()["rejected"].values()) >= 2)
+    wait_until(lambda: sum(live.status().rejected.values()) >= 2)
     live.stop()
     push.close()
     # the image of a series whose start did arrive is counted under the start's reason
-    assert live.status()["rejected"] == {"no_scan_description": 2}
+    assert live.status().rejected == {"no_scan_description": 2}
     assert any("--scan-file" in r.getMessage() for r in caplog.records)
 
 
@@ -213,6 +214,6 @@ def test_submit_feeds_the_processor_without_a_detector_socket(small_scenario, re
         assert live.wait(TIMEOUT)
         with pytest.raises(TypeError):
             live.submit("not a message")
-    assert live.status()["processed"] == scan.n_frames
+    assert live.status().processed == scan.n_frames
     np.testing.assert_allclose(live.results[-1].maps.strain, reference.maps().strain, atol=1e-6,
                                equal_nan=True)

@@ -23,6 +23,7 @@ from test_live import raw_pusher, send_in_thread, wait_until
 
 from sxdm_stream.cli.main import main
 from sxdm_stream.cli.signals import InterruptOnSignals
+from sxdm_stream.config import Config
 from sxdm_stream.errors import BadMessageError, ConfigError
 from sxdm_stream.messages import ImageFrame, SeriesEnd, SeriesStart
 from sxdm_stream.pipeline.scan_processor import ScanProcessor
@@ -100,20 +101,21 @@ def test_bounded_queue_holds_at_most_its_items_and_bytes():
 
 def test_the_frame_queue_is_bounded_in_bytes_and_overflow_is_counted():
     frame_bytes = 4000
-    settings = LiveSettings(policy="drop", queue_size=1000, queue_mib=10 * frame_bytes / 2**20)
+    settings = Config(live=LiveSettings(policy="drop", frame_queue_messages=1000,
+                                        frame_queue_mib=10 * frame_bytes / 2**20))
     live = LiveProcessor(None, settings=settings)   # not started: nothing takes frames out
     data = np.zeros((20, 50), np.uint32)
     for index in range(25):
         live.submit(ImageFrame(1, index, data, "u"))
     status = live.status()
     live.stop()
-    assert status["queued"] == 10 and status["queued_bytes"] == 10 * frame_bytes
-    assert status["dropped"] == 15 and status["received"] == 25
+    assert status.queued == 10 and status.queued_bytes == 10 * frame_bytes
+    assert status.dropped == 15 and status.received == 25
 
 
 def test_the_writer_queue_is_bounded_and_a_stopped_writer_never_blocks_the_worker(
         small_processed):
-    settings = LiveSettings(writer_queue_jobs=2, writer_queue_mib=0.001)
+    settings = Config(live=LiveSettings(writer_queue_jobs=2, writer_queue_mib=0.001))
     writer = ResultsWriter(settings, None, lambda result: None)
     assert (writer.jobs.max_items, writer.jobs.max_bytes) == (2, int(0.001 * 2**20))
     series = SeriesStart(1, "u")
@@ -159,7 +161,7 @@ def test_bad_pixel_requests_get_an_error_reply_and_the_worker_goes_on(tiny, tiny
                 decode_pixel_reply(req.recv_multipart())
         for index in range(n // 2, n):
             push.send(image_v2(tiny, index))
-        wait_until(lambda: live.status()["processed"] == n)
+        wait_until(lambda: live.status().processed == n)
         req.send_multipart(encode_pixel_request(3))
         assert req.poll(TIMEOUT * 1000)
         reply = decode_pixel_reply(req.recv_multipart())
@@ -169,7 +171,7 @@ def test_bad_pixel_requests_get_an_error_reply_and_the_worker_goes_on(tiny, tiny
     push.close()
     np.testing.assert_allclose(reply.arrays["rocking_curve"],
                                tiny_reference.accumulator.moments[:, 3, 0])
-    assert live.status()["internal_errors"] == {} and live.failure is None
+    assert live.status().internal_errors == {} and live.failure is None
     assert live.results[-1].complete
 
 
@@ -202,8 +204,8 @@ def test_hostile_images_never_stop_the_receiver(tiny, tiny_reference, tmp_path):
         assert live.wait(TIMEOUT)
     push.close()
     status = live.status()
-    assert live.failure is None and status["processed"] == n
-    assert sum(status["rejected"].values()) == 2, status["rejected"]
+    assert live.failure is None and status.processed == n
+    assert sum(status.rejected.values()) == 2, status.rejected
     assert live.results[-1].complete
     np.testing.assert_array_equal(read_accumulator_state(tmp_path / "r.h5")["histogram"],
                                   tiny_reference.accumulator.histogram)
@@ -231,9 +233,9 @@ def test_an_exception_in_the_receiver_is_counted_and_the_scan_completes(
         assert live.wait(TIMEOUT)
     push.close()
     status = live.status()
-    assert status["internal_errors"] == {"receiver": 2}
-    assert status["rejected"] == {"internal_error": 2}
-    assert status["processed"] == tiny.scan.n_frames and live.results[-1].complete
+    assert status.internal_errors == {"receiver": 2}
+    assert status.rejected == {"internal_error": 2}
+    assert status.processed == tiny.scan.n_frames and live.results[-1].complete
     np.testing.assert_allclose(live.results[-1].maps.strain, tiny_reference.maps().strain,
                                atol=1e-9, equal_nan=True)
     logged = [r for r in caplog.records if "internal error in the receiver" in r.getMessage()]
@@ -258,8 +260,8 @@ def test_an_exception_on_one_frame_is_counted_and_the_result_says_incomplete(
         assert live.wait(TIMEOUT)
     push.close()
     status = live.status()
-    assert status["internal_errors"] == {"worker": 1}
-    assert status["rejected"] == {"internal_error": 1}
+    assert status.internal_errors == {"worker": 1}
+    assert status.rejected == {"internal_error": 1}
     result = live.results[-1]
     angle = tiny.scan.locate(40)[0]
     expected = np.zeros(tiny.scan.n_angles, int)
@@ -294,7 +296,7 @@ def test_snapshot_and_writer_errors_are_counted_and_the_results_still_written(
         send_scan_v2(push, tiny)
         assert live.wait(TIMEOUT)
     push.close()
-    errors = live.status()["internal_errors"]
+    errors = live.status().internal_errors
     assert errors["writer"] == 1 and errors["snapshots"] >= 1, errors
     assert live.results[-1].complete and entry_attrs(out)["status"] == "complete"
     np.testing.assert_allclose(read_maps(out)["strain"], tiny_reference.maps().strain,
@@ -345,7 +347,7 @@ def test_an_end_of_another_unique_id_does_not_end_the_series(tiny, tiny_referenc
         assert live.wait(TIMEOUT)
     push.close()
     status = live.status()
-    assert status["rejected"] == {"unknown_series": 1} and status["processed"] == n
+    assert status.rejected == {"unknown_series": 1} and status.processed == n
     assert live.results[-1].complete and entry_attrs(tmp_path / "r.h5")["status"] == "complete"
     np.testing.assert_allclose(read_maps(tmp_path / "r.h5")["strain"],
                                tiny_reference.maps().strain, atol=1e-9, equal_nan=True)
@@ -468,6 +470,13 @@ def test_process_file_exit_status_says_complete_incomplete_or_not_written(
     assert code == 1 and "not written" in err.lower() and not out.exists()
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="no procfs")
+def test_an_output_folder_nobody_can_write_is_refused_at_start():
+    # procfs takes no new file, from root either (CI runs as root, which ignores modes)
+    with pytest.raises(ConfigError, match="cannot write in the output folder /proc"):
+        check_output(Path("/proc/r.h5"))
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes in read-only folders")
 def test_a_read_only_output_folder_is_refused_at_start(tmp_path):
     folder = tmp_path / "ro"
@@ -561,23 +570,23 @@ def test_a_histogram_over_budget_stops_the_run_with_its_message(tiny, capsys, tm
 def test_a_histogram_over_budget_is_not_a_flood_of_rejections(tiny):
     from sxdm_stream.core.accumulate import AccumulationSettings
 
-    settings = LiveSettings(accumulation=AccumulationSettings(histogram_bins=(64, 64, 64),
-                                                              histogram_budget_mib=1))
+    settings = Config(accumulation=AccumulationSettings(histogram_bins=(64, 64, 64),
+                                                        histogram_budget_mib=1))
     live = LiveProcessor(None, settings=settings).start()
     live.submit(series_start(tiny, 1, "u1", "u1"))
     for index in range(20):
         live.submit(ImageFrame(1, index, frame(tiny, index), "u1"))
     assert live.wait(TIMEOUT)
     live.stop()
-    rejected = live.status()["rejected"]
+    rejected = live.status().rejected
     assert "budget" in live.failure and "image_before_start" not in rejected
     assert set(rejected) == {"histogram_over_budget"}
-    assert live.status()["after_stop"] + rejected["histogram_over_budget"] == 21
+    assert live.status().after_stop + rejected["histogram_over_budget"] == 21
 
 
 def test_messages_after_the_last_series_asked_for_are_not_taken(tiny, tmp_path):
     live = LiveProcessor(None, out=tmp_path / "r.h5", max_series=1,
-                         settings=LiveSettings(queue_size=1000))
+                         settings=Config(live=LiveSettings(frame_queue_messages=1000)))
     for series_id in (1, 2):                      # all queued before the worker starts
         live.submit(series_start(tiny, series_id, f"u{series_id}", "c"))
         for index in range(tiny.scan.n_frames):
@@ -587,7 +596,7 @@ def test_messages_after_the_last_series_asked_for_are_not_taken(tiny, tmp_path):
     assert live.wait(TIMEOUT)
     live.stop()
     assert [r.series_id for r in live.results] == [1] and live.results[0].complete
-    assert live.status()["after_stop"] == tiny.scan.n_frames + 2
+    assert live.status().after_stop == tiny.scan.n_frames + 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.h5"]
 
 
@@ -602,8 +611,8 @@ def test_a_duplicated_end_is_a_quirk_and_late_images_are_not_before_start(tiny, 
         assert live.wait(TIMEOUT)
     push.close()
     status = live.status()
-    assert status["quirks"] == {"duplicate_end": 1}
-    assert status["rejected"] == {"image_after_end": 1}
+    assert status.quirks == {"duplicate_end": 1}
+    assert status.rejected == {"image_after_end": 1}
     assert [r.complete for r in live.results] == [True, True]
 
 
@@ -613,7 +622,7 @@ def test_stream_v1_resume_continues_the_series(tiny, tiny_reference, tmp_path):
     detector = SimulatedDetector(tiny, "tcp://127.0.0.1:*", fmt="legacy")
     first = LiveProcessor(detector.endpoint, out=out).start()
     detector.send_series(series_id=4, frames=range(100), send_end=False)
-    wait_until(lambda: first.status()["processed"] == 100)
+    wait_until(lambda: first.status().processed == 100)
     first.stop()
     assert not first.results[-1].complete and checkpoint_path(out).exists()
     with LiveProcessor(detector.endpoint, out=out, resume=True, max_series=1) as live:
@@ -622,7 +631,7 @@ def test_stream_v1_resume_continues_the_series(tiny, tiny_reference, tmp_path):
     detector.close()
     result = live.results[-1]
     assert result.complete and result.path == out and len(live.results) == 1
-    assert live.status()["rejected"] == {"duplicate_image": 100}
+    assert live.status().rejected == {"duplicate_image": 100}
     assert not checkpoint_path(out).exists()
     state = read_accumulator_state(out)
     np.testing.assert_array_equal(state["histogram"], tiny_reference.accumulator.histogram)

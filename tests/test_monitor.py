@@ -83,7 +83,7 @@ def test_live_replay_and_process_file_give_the_same_normalised_maps(
     live = replay_live(file_scan, tmp_path / "live.h5")
     direct = process_file_scan(file_scan, tmp_path / "direct.h5", workers=2)
     n = small_scenario.scan.n_frames
-    assert live.status()["processed"] == n and live.status()["rejected"] == {}
+    assert live.status().processed == n and live.status().rejected == {}
     assert direct.processor.counters.processed == n
     live_maps = read_maps(tmp_path / "live.h5")
     assert_same_maps(live_maps, read_maps(tmp_path / "direct.h5"))
@@ -116,7 +116,7 @@ def test_cli_replay_and_process_file_take_the_monitor_option(small_scenario, mon
         finally:
             if rep.poll() is None:
                 rep.kill()
-    assert live.status()["processed"] == small_scenario.scan.n_frames
+    assert live.status().processed == small_scenario.scan.n_frames
     assert_same_maps(read_maps(tmp_path / "live.h5"), read_maps(tmp_path / "direct.h5"))
 
 

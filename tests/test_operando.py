@@ -12,6 +12,7 @@ import pytest
 import zmq
 
 from sxdm_stream.analysis.operando import map_summary, operando_channels, operando_record
+from sxdm_stream.config import Config
 from sxdm_stream.errors import IncompatibleFileError
 from sxdm_stream.messages import ImageFrame, SeriesEnd
 from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings
@@ -61,7 +62,7 @@ def charged(tmp_path_factory):
     path = tmp_path_factory.mktemp("operando") / "series.h5"
     scans = list(operando_sequence(N_SCANS, shape=(10, 14), n_angles=7))
     live = LiveProcessor(None, publish="tcp://127.0.0.1:*", operando=path,
-                         settings=LiveSettings(checkpoints=False, keep_results=4),
+                         settings=Config(live=LiveSettings(checkpoints=False, keep_results=4)),
                          max_series=N_SCANS)
     listener = RecordListener(live.publish_endpoint)
     live.start()
@@ -87,7 +88,7 @@ def test_every_scan_adds_a_record_with_its_electrochemistry(charged):
     np.testing.assert_allclose(voltage, [s.channels["voltage"]["value"] for s in scans])
     assert np.all(np.diff(series["summary"]["time"]) >= 0)
     assert len(live.results) == 4                       # bounded, whatever the number of scans
-    assert live.status()["completed"] == N_SCANS
+    assert live.status().completed == N_SCANS
 
 
 def test_particle_mean_d_follows_the_charge_curve(charged):
@@ -126,7 +127,7 @@ def test_a_restarted_processor_continues_the_series(charged, tmp_path):
     file = OperandoSeriesFile(copy)
     assert len(file) == N_SCANS
     maps = None
-    live = LiveProcessor(None, settings=LiveSettings(checkpoints=False), max_series=1).start()
+    live = LiveProcessor(None, settings=Config(live=LiveSettings(checkpoints=False)), max_series=1).start()
     try:
         submit_scan(live, scans[-1], 99)
         assert live.wait(60)
@@ -195,7 +196,7 @@ def test_a_nan_channel_is_skipped_and_never_stops_the_processor(tmp_path):
     scan = next(operando_sequence(1, shape=(6, 6), n_angles=3))
     scan = dataclasses.replace(scan, channels={"voltage": {"value": float("nan"), "units": "V"}})
     live = LiveProcessor(None, publish="tcp://127.0.0.1:*", operando=tmp_path / "s.h5",
-                         settings=LiveSettings(checkpoints=False), max_series=1).start()
+                         settings=Config(live=LiveSettings(checkpoints=False)), max_series=1).start()
     try:
         submit_scan(live, scan, 1)
         assert live.wait(60), live.status()

@@ -102,7 +102,7 @@ def test_record_replay_process_gives_the_maps_of_the_live_stream(small_scenario,
         # and processed directly, without sockets
         direct = process_recording(reader, tmp_path / "direct.h5")
     status = live.status()
-    assert status["processed"] == n and status["rejected"] == {} and status["dropped"] == 0
+    assert status.processed == n and status.rejected == {} and status.dropped == 0
     reference = small_processed.maps()
     for maps in (live.results[-1].maps, direct[0].maps):
         np.testing.assert_allclose(maps.strain, reference.strain, atol=1e-6, equal_nan=True)

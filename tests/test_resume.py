@@ -250,7 +250,7 @@ def test_a_checkpoint_of_another_scan_is_refused_and_never_written(small_scenari
     with LiveProcessor(None, out=out, resume=True, max_series=1) as live:
         submit_series(live, other, 7, "run-7")
         assert live.wait(TIMEOUT)
-    assert live.status()["rejected"] == {"checkpoint_refused": 1}
+    assert live.status().rejected == {"checkpoint_refused": 1}
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "is of another scan" in errors[0] and "refused" in errors[0]
     assert not out.exists()                       # the checkpoint's maps went nowhere

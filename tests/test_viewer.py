@@ -55,7 +55,7 @@ def publish_until(qtbot, publisher, window, processor, seq: int, **info) -> None
 
     def shown() -> bool:
         state = window.model.state
-        if state is None or state.header["seq"] != seq:
+        if state is None or state.header.seq != seq:
             publisher.send(parts)
             return False
         return True
@@ -86,6 +86,22 @@ def test_maps_are_drawn_into_the_existing_panels(qtbot, window, publisher, proce
     assert "321 frames/s" in texts["rate"] and "p99 200 ms" in texts["lag"]
     assert "rejected 1 (bad_position 1)" in texts["counts"] and "9 / 10" in texts["progress"]
     assert window.banner.isHidden()
+
+
+def test_status_bar_says_whether_a_finished_scan_is_complete(qtbot, window, publisher,
+                                                             processed):
+    publish_until(qtbot, publisher, window, processed, seq=1, status="running",
+                  frames_missing=50)
+    assert "series 1 · running · snapshot 1" in window.status_panel.texts()["series"]
+    publish_until(qtbot, publisher, window, processed, seq=2, complete=True,
+                  status="incomplete", frames_missing=37)
+    series = window.status_panel.texts()["series"]
+    assert "incomplete (37 frames missing)" in series and "· complete" not in series
+    assert window.model.state.final and len(window.model.operando) == 1, \
+        "an operando point all the same"
+    publish_until(qtbot, publisher, window, processed, seq=3, series_id=2, complete=True,
+                  status="complete", frames_missing=0)
+    assert "series 2 · complete · snapshot 3" in window.status_panel.texts()["series"]
 
 
 def test_panels_share_zoom_and_pan(qtbot, window, publisher, processed):
@@ -185,7 +201,7 @@ def test_results_file_shows_maps_and_histograms(qtbot, results_file, processed):
         qtbot.waitUntil(lambda: w.model.state is not None, timeout=WAIT_MS)
         state = w.model.state
         np.testing.assert_array_equal(state.arrays["strain"], processed.maps().strain)
-        assert state.complete and state.header["series_id"] == 7
+        assert state.final and state.header.series_id == 7
         assert w.model.operando[0].channels == {"voltage_V": (4.05, "")}
         row, col = (int(v) for v in np.argwhere(state.arrays["mask"])[0])
         click_pixel(qtbot, w, row, col, panel="intensity")

@@ -13,6 +13,7 @@ import pytest
 from PySide6 import QtCore
 
 from sxdm_stream.analysis.drift import DriftSettings
+from sxdm_stream.config import Config
 from sxdm_stream.core.accumulate import AccumulationSettings
 from sxdm_stream.core.qroi import QRoi
 from sxdm_stream.messages import ImageFrame, SeriesEnd
@@ -38,9 +39,9 @@ def scenario():
     return two_particle_scenario(shape=(16, 16), n_angles=13)
 
 
-def settings() -> LiveSettings:
-    return LiveSettings(checkpoints=False, drift=DriftSettings(mode="auto"),
-                        accumulation=AccumulationSettings(q_rois=ROIS))
+def settings() -> Config:
+    return Config(live=LiveSettings(checkpoints=False), drift=DriftSettings(mode="auto"),
+                  accumulation=AccumulationSettings(q_rois=ROIS))
 
 
 def submit_scan(live: LiveProcessor, scenario) -> None:
@@ -137,12 +138,12 @@ def test_live_processor_particles_drift_and_q_roi_maps(qtbot, scenario):
     try:
         qtbot.waitUntil(lambda: window.source.connected is True, timeout=WAIT_MS)
         submit_scan(live, scenario)
-        qtbot.waitUntil(lambda: window.model.state is not None and window.model.state.complete,
+        qtbot.waitUntil(lambda: window.model.state is not None and window.model.state.final,
                         timeout=WAIT_MS)
         (result,) = live.results
         header = window.model.state.header
-        assert header["particles"] == result.analysis.particles.to_records()
-        check_particle_table(qtbot, window, header["particles"])
+        assert list(header.particles) == result.analysis.particles.to_records()
+        check_particle_table(qtbot, window, list(header.particles))
         drift = result.analysis.drift
         check_drift_plot(window, drift.shifts_um, drift.confident,
                          np.asarray(scenario.scan.rocking_angles))

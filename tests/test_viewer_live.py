@@ -123,7 +123,7 @@ def test_strain_on_screen_follows_the_ground_truth(qtbot, scenario, tmp_path):
         beamline.send(series_id=1, send_end=False)
         n_frames = scenario.scan.n_frames
         qtbot.waitUntil(lambda: window.model.state is not None and
-                        window.model.state.stats["progress"] == [n_frames, n_frames],
+                        window.model.state.stats.progress == (n_frames, n_frames),
                         timeout=WAIT_MS)
         state = window.model.state
         mask = state.arrays["mask"]
@@ -168,7 +168,7 @@ def test_banner_when_the_processor_dies_and_recovery(qtbot, small_scenario):
     second = None
     try:
         first.send(series_id=1)
-        qtbot.waitUntil(lambda: window.model.state is not None and window.model.state.complete,
+        qtbot.waitUntil(lambda: window.model.state is not None and window.model.state.final,
                         timeout=WAIT_MS)
         assert window.banner.isHidden()
         first.stop()                                   # the processor goes away
@@ -180,7 +180,7 @@ def test_banner_when_the_processor_dies_and_recovery(qtbot, small_scenario):
                         or beamlines[-1] is not None, timeout=WAIT_MS)
         second = beamlines[-1]
         second.send(series_id=2)
-        qtbot.waitUntil(lambda: window.model.state.header["series_id"] == 2, timeout=WAIT_MS)
+        qtbot.waitUntil(lambda: window.model.state.header.series_id == 2, timeout=WAIT_MS)
         qtbot.waitUntil(lambda: window.banner.isHidden(), timeout=WAIT_MS)
         assert window.model.reachable
     finally:

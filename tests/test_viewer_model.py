@@ -22,6 +22,7 @@ from sxdm_stream.plugins.viewer.panels import colour_levels, nice_length, rgba_i
 from sxdm_stream.plugins.viewer.pixels import histogram_axes, histogram_projections
 from sxdm_stream.plugins.viewer.status import format_rejected, format_seconds
 from sxdm_stream.plugins.viewer.subscriber import SnapshotMailbox
+from sxdm_stream.messages import SnapshotHeader
 from sxdm_stream.sinks.publish import Snapshot, decode_snapshot, encode_snapshot
 
 
@@ -73,14 +74,14 @@ def test_operando_point_summarises_a_completed_map(processed):
     assert point.strain_spread == pytest.approx(np.std(state.arrays["strain"][mask]))
     assert point.max_tilt == pytest.approx(np.nanmax(state.arrays["tilt_altitude"]))
     assert point.channels == {"voltage": (4.2, "V"), "current_mA": (0.5, "")}
-    assert electrochemistry_channels({}) == {}
+    assert electrochemistry_channels(SnapshotHeader()) == {}
 
 
 def test_model_adds_one_operando_point_per_completed_series(processed):
     model = ViewerModel("test")
     appended, drawn = [], []
     model.operandoAppended.connect(appended.append)
-    model.mapsChanged.connect(lambda: drawn.append(model.state.header["seq"]))
+    model.mapsChanged.connect(lambda: drawn.append(model.state.header.seq))
     running = snapshot(processed, seq=1)
     done = snapshot(processed, seq=2, complete=True)
     again = snapshot(processed, seq=3, complete=True)          # the same series, sent twice
@@ -124,13 +125,13 @@ def test_select_pixel_ignores_pixels_outside_the_map(processed):
 
 def test_mailbox_keeps_the_newest_and_every_completed_map():
     box = SnapshotMailbox()
-    snaps = [Snapshot({"seq": i, "complete": i in (2, 4)}, {}) for i in range(6)]
+    snaps = [Snapshot(SnapshotHeader(seq=i, final=i in (2, 4)), {}) for i in range(6)]
     for s in snaps:
-        box.put(s, float(s.header["seq"]))
-    assert [s.header["seq"] for s, _t in box.take()] == [2, 4, 5]
+        box.put(s, float(s.header.seq))
+    assert [s.header.seq for s, _t in box.take()] == [2, 4, 5]
     assert box.take() == []
     box.put(snaps[4], 0.0)
-    assert [s.header["seq"] for s, _t in box.take()] == [4], "not twice"
+    assert [s.header.seq for s, _t in box.take()] == [4], "not twice"
 
 
 def test_colour_levels():

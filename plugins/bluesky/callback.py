@@ -35,10 +35,8 @@ from typing import Mapping
 import numpy as np
 from bluesky.callbacks.core import CallbackBase
 
-from sxdm_stream.core.scan import ScanDescription
-from sxdm_stream.errors import SxdmError
-from sxdm_stream.messages import (SXDM_KEY, ImageFrame, PlanEnd, PlanStart, PointPositions,
-                                  SeriesEnd, SeriesStart)
+from sxdm_stream import (SXDM_KEY, ImageFrame, PlanEnd, PlanStart, PointPositions,
+                         ScanDescription, SeriesEnd, SeriesStart, SxdmError)
 
 from .files import FrameFiles
 from .metadata import correlation_id_of, is_relative, scan_from_start, shift_scan

@@ -27,7 +27,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from sxdm_stream.errors import BadMessageError
+from sxdm_stream import BadMessageError
 
 #: the largest array one document may carry (a 16M-pixel u32 image is 64 MiB)
 MAX_ARRAY_BYTES = 256 * 2**20

@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 import numpy as np
 from event_model import compose_run
 
-from sxdm_stream.core.maps import MAP_FIELDS, map_arrays
+from sxdm_stream import MAP_FIELDS, map_arrays
 
 from .feedback import summarize_maps
 from .remote import DERIVED_PREFIX, serializer_pair

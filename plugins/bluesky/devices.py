@@ -30,7 +30,7 @@ from ophyd import Component as Cpt, Device, Signal
 from ophyd.sim import SynAxis
 from ophyd.status import StatusBase
 
-from sxdm_stream.messages import SXDM_KEY, SXDM_METADATA_VERSION, ImageFrame, SeriesEnd, SeriesStart
+from sxdm_stream import SXDM_KEY, SXDM_METADATA_VERSION, ImageFrame, SeriesEnd, SeriesStart
 
 from .feedback import LiveFeedback  # noqa: F401  (re-exported: the devices of this plugin)
 from .files import AD_HDF5_DATASET

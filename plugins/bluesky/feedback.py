@@ -25,7 +25,7 @@ import numpy as np
 from ophyd import Component as Cpt, Device, Signal
 from ophyd.status import StatusBase
 
-from sxdm_stream.core.maps import MapSet
+from sxdm_stream import MapSet
 
 log = logging.getLogger(__name__)
 

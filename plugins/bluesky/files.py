@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlparse
 import h5py
 import numpy as np
 
-from sxdm_stream.errors import BadMessageError
+from sxdm_stream import BadMessageError
 
 log = logging.getLogger(__name__)
 

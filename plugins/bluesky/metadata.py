@@ -24,10 +24,7 @@ from typing import Mapping
 
 import numpy as np
 
-from sxdm_stream.core.geometry import Geometry
-from sxdm_stream.core.scan import ScanDescription
-from sxdm_stream.errors import ConfigError
-from sxdm_stream.messages import SXDM_KEY, SXDM_METADATA_VERSION
+from sxdm_stream import SXDM_KEY, SXDM_METADATA_VERSION, ConfigError, Geometry, ScanDescription
 
 
 def sxdm_block(geometry: Geometry | Mapping, scan: ScanDescription | None = None,

@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from bluesky import plan_stubs as bps, plans as bp
 
-from sxdm_stream.core.scan import ScanDescription
+from sxdm_stream import ScanDescription
 
 from .metadata import sxdm_block
 

@@ -12,7 +12,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtWidgets
 
-from sxdm_stream.analysis.particles import PARTICLE_FIELDS
+from sxdm_stream import PARTICLE_FIELDS
 
 from . import derived
 from .model import ViewerModel
@@ -87,8 +87,8 @@ class AnalysisPanel(QtWidgets.QWidget):
         if state is None or not self.isVisible():
             return
         header = state.header
-        key = (header.get("particles"), header.get("drift"), header.get("q_rois"),
-               header.get("roi_suggestion"), state.rocking_angles.tolist())
+        key = (header.particles, header.drift, header.q_rois, header.roi_suggestion,
+               state.rocking_angles.tolist())
         if key == self._shown:
             return
         self._shown = key

@@ -6,7 +6,7 @@ A :class:`~.window.ViewerWindow` (1800 x 1000, offscreen) is fed synthetic snaps
 ``--shape`` map (a particle with strain and tilt patterns that change at every update) through a
 source that hands one new snapshot per tick, as the subscriber does. For each update:
 
-* ``decode``: :func:`sxdm_stream.sinks.publish.decode_snapshot` of the encoded message (this runs in
+* ``decode``: :meth:`sxdm_stream.Snapshot.from_wire` of the encoded message (this runs in
   the subscriber thread, not in the UI thread; shown for completeness);
 * ``model+panels``: the model takes the snapshot and every map panel gets its new data and
   levels (``ViewerModel.show_snapshots`` and the slots it triggers);
@@ -27,7 +27,6 @@ Figures are printed (this is a benchmark script, not library code).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -38,9 +37,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import numpy as np  # noqa: E402
 from PySide6 import QtWidgets  # noqa: E402
 
-from sxdm_stream.core.maps import MAP_FIELDS, misorientation_rgb  # noqa: E402
-from sxdm_stream.sinks.publish import (FORMAT, TOPIC, VERSION, Snapshot,  # noqa: E402
-                                       decode_snapshot)
+from sxdm_stream import (MAP_FIELDS, LiveStatus, Snapshot, SnapshotHeader,  # noqa: E402
+                         misorientation_rgb)
 
 from .window import ViewerWindow  # noqa: E402
 
@@ -91,7 +89,7 @@ def synthetic_analysis(arrays: dict[str, np.ndarray], n_angles: int,
               "max_tilt_deg": 0.1, "mean_tilt_deg": 0.05, "mean_tilt_azimuth_deg": 90.0,
               "tilt_spread_deg": 0.02, "n_domains": 3}
     shifts = (0.01 * np.arange(n_angles)[:, None] * [1, -1] + 0.001 * k).tolist()
-    header = {"particles": [record, {**record, "label": 2}],
+    header = {"particles": (record, {**record, "label": 2}),
               "drift": {"mode": "auto", "reference_angle": n_angles // 2, "step_um": [0.05, 0.05],
                         "shifts_px": shifts, "shifts_um": shifts,
                         "confident": [True] * n_angles, "correlation": [0.99] * n_angles},
@@ -102,24 +100,22 @@ def synthetic_analysis(arrays: dict[str, np.ndarray], n_angles: int,
 
 
 def synthetic_message(shape, n_angles: int, k: int, analysis: bool = False) -> list[bytes]:
-    """The wire message of snapshot ``k`` (as :func:`encode_snapshot` lays it out)."""
+    """The wire message of snapshot ``k``, as a processor sends it."""
     arrays = synthetic_arrays(shape, n_angles, k)
     more_header, more_arrays = synthetic_analysis(arrays, n_angles, k) if analysis else ({}, {})
     arrays["mask"] = arrays["mask"].astype(np.uint8)
     arrays.update(more_arrays)
-    specs = [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape)} for n, a in arrays.items()]
     rows, cols = shape
-    header = {"format": FORMAT, "version": VERSION, "time": time.time(), "seq": k,
-              "series_id": 1, "complete": False, "mean_direction": [0, 0, 1],
-              "units": {n: u for n, (u, _t) in MAP_FIELDS.items()}, "arrays": specs,
-              "scan": {"shape": [rows, cols], "extents_um": [[0, 0.05 * (rows - 1)],
-                                                             [0, 0.05 * (cols - 1)]],
-                       "motors": ["piy", "pix"], "rocking_axis": "eta",
-                       "rocking_angles": list(np.linspace(8.7, 9.3, n_angles))},
-              "stats": {"received": k, "processed": k, "rejected": {}, "dropped": 0,
-                        "frames_per_s": 1000.0, "progress": [k, 100]}, **more_header}
-    return [TOPIC, json.dumps(header).encode()] + [np.ascontiguousarray(a).tobytes()
-                                                   for a in arrays.values()]
+    header = SnapshotHeader(
+        seq=k, time_s=time.time(), series_id=1, mean_direction=(0.0, 0.0, 1.0),
+        units={n: u for n, (u, _t) in MAP_FIELDS.items()},
+        scan={"shape": [rows, cols], "extents_um": [[0, 0.05 * (rows - 1)],
+                                                    [0, 0.05 * (cols - 1)]],
+              "motors": ["piy", "pix"], "rocking_axis": "eta",
+              "rocking_angles": list(np.linspace(8.7, 9.3, n_angles))},
+        stats=LiveStatus(received=k, processed=k, frames_per_s=1000.0, progress=(k, 100)),
+        **more_header)
+    return Snapshot(header, arrays).to_wire()
 
 
 class BenchSource:
@@ -154,7 +150,7 @@ def measure(app, shape, n_angles: int, updates: int, tab: str,
     snapshots = []
     for m in messages:
         t0 = time.perf_counter()
-        snapshots.append(decode_snapshot(m))
+        snapshots.append(Snapshot.from_wire(m))
         decode.append(time.perf_counter() - t0)
     window = ViewerWindow(BenchSource(snapshots), refresh_hz=5)
     window.resize(1800, 1000)

@@ -9,20 +9,15 @@ A snapshot carries them in its header (``particles``, ``drift``, ``q_rois``,
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import math
 from typing import Any
 
 import numpy as np
 
-from sxdm_stream.analysis.particles import PARTICLE_FIELDS
-from sxdm_stream.analysis.roi_suggest import QPeak, RoiSuggestion, format_roi_suggestion
-from sxdm_stream.core.qroi import QRoi
-from sxdm_stream.errors import SxdmError
+from sxdm_stream import PARTICLE_FIELDS
 
 from .model import MapState, unit_label
-
-log = logging.getLogger(__name__)
 
 #: the maps a q-ROI snapshot carries (``roi.<name>.<map>``); a file has them all
 ROI_PREFIX = "roi."
@@ -47,7 +42,7 @@ def particle_header(name: str) -> str:
 
 def particles(state: MapState) -> list[dict[str, Any]]:
     """The particle table of a snapshot: one dict per particle (None for a missing value)."""
-    return list(state.header.get("particles") or [])
+    return [dict(record) for record in state.header.particles]
 
 
 def format_particle_value(name: str, value) -> str:
@@ -64,7 +59,7 @@ def format_particle_value(name: str, value) -> str:
 def drift(state: MapState) -> dict[str, np.ndarray] | None:
     """The drift estimate of a snapshot as arrays (shifts_um (angles, 2), confident (angles,),
     angles (angles,) in degrees, or indices when the scan gives no angles), None without."""
-    entry = state.header.get("drift")
+    entry = state.header.drift
     if not entry or entry.get("shifts_um") is None:
         return None
     shifts = np.asarray(entry["shifts_um"], float).reshape(-1, 2)
@@ -79,7 +74,7 @@ def drift(state: MapState) -> dict[str, np.ndarray] | None:
 
 def roi_names(state: MapState) -> list[str]:
     """The q-ROIs whose maps the snapshot carries, in the header's order."""
-    names = list((state.header.get("q_rois") or {}).keys())
+    names = list(state.header.q_rois)
     present = {key.split(".")[1] for key in state.arrays if key.startswith(ROI_PREFIX)}
     return [n for n in names if n in present] + sorted(present - set(names))
 
@@ -93,11 +88,10 @@ def roi_state(state: MapState, name: str) -> MapState:
         arrays["mask"] = np.asarray(arrays["mask"]).astype(bool)
     if "intensity_per_angle" in state.arrays and "intensity_per_angle" not in arrays:
         arrays["intensity_per_angle"] = state.arrays["intensity_per_angle"]
-    described = (state.header.get("q_rois") or {}).get(name, {})
-    header = {**state.header, "map_source": name}
-    if "d_ref" in described:
-        header["d_ref"] = described["d_ref"]
-    return MapState(header, arrays, state.received_s)
+    d_ref = state.header.q_rois.get(name, {}).get("d_ref")
+    header = state.header if not isinstance(d_ref, (int, float)) else dataclasses.replace(
+        state.header, d_ref_a=float(d_ref))
+    return MapState(header, arrays, state.received_s, map_source=name)
 
 
 def particle_pixel(state: MapState, label: int) -> tuple[int, int] | None:
@@ -129,25 +123,16 @@ def particle_region(state: MapState, label: int | None) -> np.ndarray | None:
 
 def suggestion_text(state: MapState) -> str:
     """The q-ROI suggestion as the processor prints it; empty when the snapshot has none."""
-    entry = state.header.get("roi_suggestion")
+    entry = state.header.roi_suggestion
     if not entry:
         return ""
-    if entry.get("text"):
-        return str(entry["text"])
-    try:
-        peaks = tuple(QPeak(QRoi.from_description(p["roi"]), p["centre"], p["sigma"],
-                            p["maximum"], p["counts"], p["fraction_in_roi"])
-                      for p in entry.get("peaks", ()))
-        return format_roi_suggestion(RoiSuggestion(peaks, float(entry.get("total_counts", 0))))
-    except (TypeError, KeyError, ValueError, SxdmError) as exc:
-        log.debug("cannot format the ROI suggestion %r: %s", entry, exc)
-        return str(entry)
+    return str(entry.get("text") or entry)
 
 
 def roi_text(state: MapState) -> str:
     """One line per q-ROI in use: name, shape, bounds (1/Å) and d_ref (Å)."""
     lines = []
-    for name, d in (state.header.get("q_rois") or {}).items():
+    for name, d in state.header.q_rois.items():
         lo = ", ".join(f"{v:.5f}" for v in d.get("lo", ()))
         hi = ", ".join(f"{v:.5f}" for v in d.get("hi", ()))
         d_ref = d.get("d_ref")

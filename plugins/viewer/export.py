@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from sxdm_stream.core.maps import MAP_FIELDS
+from sxdm_stream import MAP_FIELDS
 
 from .model import MapState
 from .panels import rgba_image
@@ -49,7 +49,7 @@ def export_tiffs(state: MapState, directory: str | Path, stem: str = "sxdm_maps"
             continue
         data = displayed_rows(np.asarray(state.arrays[name]), state)
         info = json.dumps({"map": name, "title": title, "units": units,
-                           "series_id": state.header.get("series_id"),
+                           "series_id": state.header.series_id,
                            "scan": state.scan.get("scan_id", "")})
         path = directory / f"{stem}_{name}.tif"
         if name == "misorientation":

@@ -164,7 +164,8 @@ class PixelInspector(QtWidgets.QWidget):
         self.show_pixel(*self.model.selected, ask_histogram=self.isVisible())
 
     def show_histogram(self, point: int, reply) -> None:
-        """Slot for a histogram reply (:class:`Snapshot`: header, arrays with "histogram")."""
+        """Slot for a histogram reply (:class:`~sxdm_stream.PixelReply`: its arrays hold
+        "histogram")."""
         state = self.model.state
         if point != self.point or state is None:
             return

@@ -10,15 +10,15 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore
 
-from sxdm_stream.core.maps import hsv_to_rgb
+from sxdm_stream import misorientation_rgb
 
 
 def wheel_rgba(size: int) -> np.ndarray:
     """(size, size, 4) RGBA bytes of the wheel, transparent outside it; row 0 at the bottom."""
     y, x = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
     radius = np.hypot(x, y)
-    hue = (np.degrees(np.arctan2(y, x)) % 360.0) / 360.0
-    rgb = hsv_to_rgb(hue, np.clip(radius, 0, 1), np.ones_like(hue))
+    azimuth = np.degrees(np.arctan2(y, x)) % 360.0
+    rgb = misorientation_rgb(np.clip(radius, 0, 1), azimuth)   # the rim is the largest tilt
     out = np.zeros((size, size, 4), np.uint8)
     out[..., :3] = (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
     out[..., 3] = np.where(radius <= 1, 255, 0)

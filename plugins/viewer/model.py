@@ -12,13 +12,12 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
-from sxdm_stream.core.maps import MAP_FIELDS
-from sxdm_stream.sinks.publish import Snapshot
+from sxdm_stream import MAP_FIELDS, LiveStatus, Snapshot, SnapshotHeader
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +49,16 @@ class MapState:
 
     Parameters
     ----------
-    header : the snapshot's JSON header (``scan``, ``stats``, ``complete``, ``units``...).
-    arrays : the maps by name (those of :func:`sxdm_stream.core.maps.map_arrays`).
+    header : the snapshot's header (scan, processor status, units, analysis...).
+    arrays : the maps by name (those of :func:`sxdm_stream.map_arrays`).
     received_s : ``time.monotonic()`` when the viewer received it.
+    map_source : the q-ROI whose maps ``arrays`` holds (None: the whole detector's).
     """
 
-    header: dict[str, Any]
+    header: SnapshotHeader
     arrays: dict[str, np.ndarray]
     received_s: float = field(default_factory=time.monotonic)
+    map_source: str | None = None
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot, received_s: float | None = None) -> "MapState":
@@ -74,24 +75,24 @@ class MapState:
         return tuple(int(n) for n in self.arrays["intensity"].shape)
 
     @property
-    def scan(self) -> dict[str, Any]:
+    def scan(self) -> Mapping[str, Any]:
         """The scan description (``ScanDescription.describe()``), empty if not sent."""
-        return self.header.get("scan") or {}
+        return self.header.scan
 
     @property
-    def stats(self) -> dict[str, Any]:
-        """The processor's statistics (``LiveProcessor.status()``), empty if not sent."""
-        return self.header.get("stats") or {}
+    def stats(self) -> LiveStatus:
+        """The processor's status when the snapshot was made (zeros if not sent)."""
+        return self.header.stats
 
     @property
-    def complete(self) -> bool:
-        """True for the last snapshot of a finished series."""
-        return bool(self.header.get("complete", False))
+    def final(self) -> bool:
+        """True for the last snapshot of a series that is over (complete or not)."""
+        return self.header.final
 
     @property
     def series_key(self) -> tuple:
         """What tells one series from another (unique id when the detector gives one)."""
-        return (self.header.get("series_id"), self.header.get("series_unique_id"))
+        return (self.header.series_id, self.header.series_unique_id)
 
     def motor(self, dim: int) -> str:
         """Name of the motor along map dimension 0 (rows) or 1 (columns)."""
@@ -140,7 +141,7 @@ class MapState:
 
     def units(self, name: str) -> str:
         """Display units of a map (from the header, else from MAP_FIELDS)."""
-        raw = (self.header.get("units") or {}).get(name, MAP_FIELDS.get(name, ("", ""))[0])
+        raw = self.header.units.get(name, MAP_FIELDS.get(name, ("", ""))[0])
         return unit_label(raw)
 
     def values_at(self, row: int, col: int) -> list[tuple[str, float, float | None, str]]:
@@ -176,14 +177,14 @@ def _finite(a: np.ndarray) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
-def electrochemistry_channels(header: dict[str, Any]) -> dict[str, tuple[float, str]]:
-    """The operando channels of a snapshot header (``header["operando"]``), name -> (value, units).
+def electrochemistry_channels(header: SnapshotHeader) -> dict[str, tuple[float, str]]:
+    """The operando channels of a snapshot header (``header.operando``), name -> (value, units).
 
     A channel is a number (``{"voltage_V": 4.1}``) or ``{"value": 4.1, "units": "V"}``;
     anything else is ignored (and logged once per name at debug level).
     """
     channels = {}
-    for name, entry in (header.get("operando") or {}).items():
+    for name, entry in header.operando.items():
         value, units = (entry.get("value"), str(entry.get("units", ""))) \
             if isinstance(entry, dict) else (entry, "")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -199,8 +200,8 @@ def operando_point(state: MapState) -> OperandoPoint:
     strain = _finite(state.arrays["strain"])
     tilt = _finite(state.arrays["tilt_altitude"])
     return OperandoPoint(
-        time_s=float(state.header.get("time", time.time())),
-        series_id=state.header.get("series_id"),
+        time_s=state.header.time_s if state.header.time_s is not None else time.time(),
+        series_id=state.header.series_id,
         mean_d=float(d.mean()) if d.size else math.nan,
         strain_spread=float(strain.std()) if strain.size else math.nan,
         max_tilt=float(tilt.max()) if tilt.size else math.nan,
@@ -260,12 +261,12 @@ class ViewerModel(QObject):
     def show_snapshots(self, snapshots: Iterable[tuple[Snapshot, float]]) -> None:
         """Take snapshots (oldest first, with their monotonic arrival time); show the newest.
 
-        Every complete one adds an operando point; only the newest is drawn, once.
+        Every final one adds an operando point; only the newest is drawn, once.
         """
         newest = None
         for snapshot, received_s in snapshots:
             newest = MapState.from_snapshot(snapshot, received_s)
-            if newest.complete and newest.series_key not in self._completed:
+            if newest.final and newest.series_key not in self._completed:
                 self._completed.add(newest.series_key)
                 point = operando_point(newest)
                 self.operando.append(point)
@@ -306,14 +307,15 @@ class ViewerModel(QObject):
             self._set_connection(OK, f"receiving from {self.source}")
         elif silent <= self.stale_after_s and connected is None:
             self._set_connection(IDLE, f"connecting to {self.source}")
-        elif connected is None and (self.state is None or not self.state.complete):
+        elif connected is None and (self.state is None or not self.state.final):
             what = "no snapshot" if self.state is None else "no new snapshot"
             self._set_connection(LOST, f"processor not reachable at {self.source}: {what} for "
                                        f"{silent:.0f} s; reconnecting by itself")
         elif self.state is None:
             self._set_connection(IDLE, f"connected to {self.source}; waiting for a scan")
-        elif self.state.complete:
-            self._set_connection(OK, f"scan complete; waiting for the next one from {self.source}")
+        elif self.state.final:
+            self._set_connection(OK, f"scan {self.state.header.status}; waiting for the next one "
+                                     f"from {self.source}")
         else:
             self._set_connection(STALE, f"no new snapshot for {silent:.0f} s: the processor is "
                                         "connected but receives no frames")

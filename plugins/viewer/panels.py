@@ -17,7 +17,7 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 from PySide6.QtCore import Signal
 
-from sxdm_stream.core.maps import hsv_to_rgb
+from sxdm_stream import misorientation_rgb
 
 from .legend import ColourWheel
 from .markers import PixelMarker, RegionHighlight
@@ -31,7 +31,7 @@ def hue_colormap() -> pg.ColorMap:
     """The HSV hue wheel as a colour map: the tilt direction panel uses the very colours of the
     misorientation map and of the pole figure (red = 0 deg, counter-clockwise)."""
     hues = np.linspace(0.0, 1.0, 13)
-    rgb = hsv_to_rgb(hues, np.ones_like(hues), np.ones_like(hues))
+    rgb = misorientation_rgb(np.ones_like(hues), 360.0 * hues)   # every tilt the largest
     return pg.ColorMap(hues, (rgb * 255).astype(np.uint8))
 
 
@@ -356,7 +356,7 @@ class MapGrid(pg.GraphicsLayoutWidget):
         if name in state.arrays:
             return state.arrays[name], state.units(name), ""
         shape = state.shape + ((3,) if key == "misorientation" else ())
-        source = state.header.get("map_source", "this snapshot")
+        source = state.map_source or "this snapshot"
         return np.full(shape, np.nan), state.units(name), f"not in {source}"
 
     def show_state(self, state: MapState) -> None:

@@ -15,8 +15,7 @@ import numpy as np
 import zmq
 from PySide6.QtCore import QObject, Signal
 
-from sxdm_stream.errors import BadMessageError
-from sxdm_stream.sinks.publish import decode_pixel_reply, encode_pixel_request
+from sxdm_stream import BadMessageError, decode_pixel_reply, encode_pixel_request
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ class PixelService(QObject):
 
     Signals
     -------
-    replied(int, object) : flat map index and the reply (a :class:`Snapshot`: header, arrays).
+    replied(int, object) : flat map index and the reply (a :class:`~sxdm_stream.PixelReply`).
     failed(int, str) : flat map index and why there is no answer.
     """
 

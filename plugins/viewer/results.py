@@ -18,12 +18,9 @@ import h5py
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
-from sxdm_stream.core.maps import MAP_FIELDS
-from sxdm_stream.errors import IncompatibleFileError, SxdmError
-from sxdm_stream.sinks.publish import FORMAT, VERSION, Snapshot
-from sxdm_stream.sinks.results import read_configuration, read_maps
-from sxdm_stream.sinks.results_analysis import (read_drift, read_particles, read_roi_maps,
-                                                read_roi_suggestion)
+from sxdm_stream import (MAP_FIELDS, IncompatibleFileError, LiveStatus, PixelReply, Snapshot,
+                         SnapshotHeader, SxdmError, read_configuration, read_drift, read_maps,
+                         read_particles, read_roi_maps, read_roi_suggestion)
 
 log = logging.getLogger(__name__)
 
@@ -45,28 +42,30 @@ def read_snapshot(path: str | os.PathLike) -> Snapshot:
         d_ref = float(process["d_ref"][()]) if "d_ref" in process else float("nan")
     n_frames = len(scan.get("rocking_angles", ())) * int(np.prod(scan.get("shape", (0, 0))))
     processed = int(attrs.get("frames_processed", 0))
-    stats = {"received": int(attrs.get("frames_received", processed)), "processed": processed,
-             "rejected": {"total": int(attrs.get("frames_rejected", 0))}
-             if attrs.get("frames_rejected") else {},
-             "dropped": int(attrs.get("frames_dropped", 0)),
-             "progress": [processed, n_frames] if n_frames else None}
-    header = {"format": FORMAT, "version": VERSION, "time": os.stat(path).st_mtime,
-              "series_id": attrs.get("series_id"), "series_unique_id":
-              attrs.get("series_unique_id") or os.fspath(path),
-              "complete": attrs.get("status", "complete") == "complete",
-              "status": attrs.get("status", "complete"), "scan": scan, "stats": stats,
-              "d_ref": d_ref, "units": {n: u for n, (u, _t) in MAP_FIELDS.items()},
-              "operando": _json(attrs.get("operando")) or {}}
+    stats = LiveStatus(received=int(attrs.get("frames_received", processed)),
+                       processed=processed, dropped=int(attrs.get("frames_dropped", 0)),
+                       rejected={"total": int(attrs.get("frames_rejected", 0))}
+                       if attrs.get("frames_rejected") else {},
+                       progress=(processed, n_frames) if n_frames else None)
+    status = str(attrs.get("status", "complete"))     # "running" while a processor writes it
     order = [roi.get("name") for roi in (config.get("settings") or {}).get("q_rois") or ()]
     analysis_header, analysis_arrays = read_analysis(path, order)
-    return Snapshot({**header, **analysis_header}, {**arrays, **analysis_arrays})
+    header = SnapshotHeader(
+        time_s=os.stat(path).st_mtime, series_id=attrs.get("series_id"),
+        series_unique_id=attrs.get("series_unique_id") or os.fspath(path),
+        final=status != "running", status=status,
+        frames_missing=int(attrs.get("frames_missing", 0)), scan=scan, stats=stats,
+        d_ref_a=d_ref, units={n: u for n, (u, _t) in MAP_FIELDS.items()},
+        operando=_json(attrs.get("operando")) or {}, **analysis_header)
+    return Snapshot(header, {**arrays, **analysis_arrays})
 
 
 def read_analysis(path: str | os.PathLike, order: list | tuple = ()
                   ) -> tuple[dict, dict[str, np.ndarray]]:
     """The particles, drift, q-ROIs and ROI suggestion of a results file, as the header fields
-    and arrays of a live snapshot (``particle_labels``, ``roi.<name>.<map>``: every map a file
-    holds for a ROI, where a snapshot carries only intensity, d, strain, tilt and mask).
+    (of :class:`~sxdm_stream.SnapshotHeader`) and arrays of a live snapshot
+    (``particle_labels``, ``roi.<name>.<map>``: every map a file holds for a ROI, where a
+    snapshot carries only intensity, d, strain, tilt and mask).
     q-ROIs come in the configuration's ``order`` (HDF5 sorts groups by name), others after."""
     header, arrays = {}, {}
     with h5py.File(path, "r") as f:
@@ -79,8 +78,8 @@ def read_analysis(path: str | os.PathLike, order: list | tuple = ()
                   for name, group in entry["q_rois"].items()} if has_rois else {}
     if has_particles:
         records = read_particles(path)
-        header["particles"] = [{name: _attr(row[name]) for name in records.dtype.names}
-                               for row in records]
+        header["particles"] = tuple({name: _attr(row[name]) for name in records.dtype.names}
+                                    for row in records)
     drift = read_drift(path)
     if drift is not None:
         header["drift"] = {key: value.tolist() if isinstance(value, np.ndarray) else value
@@ -98,7 +97,7 @@ def read_analysis(path: str | os.PathLike, order: list | tuple = ()
     return header, arrays
 
 
-def read_pixel(path: str | os.PathLike, point: int) -> Snapshot:
+def read_pixel(path: str | os.PathLike, point: int) -> PixelReply:
     """The q-space histogram of map pixel ``point`` from /entry/qspace, as a pixel reply.
 
     Raises
@@ -118,7 +117,7 @@ def read_pixel(path: str | os.PathLike, point: int) -> Snapshot:
     grid = {"lo": [float(a[0]) for a in axes],
             "step": [float(a[1] - a[0]) if len(a) > 1 else 1.0 for a in axes],
             "bins": [len(a) for a in axes]}
-    return Snapshot({"point": int(point), "grid": grid}, {"histogram": histogram})
+    return PixelReply({"point": int(point), "grid": grid}, {"histogram": histogram})
 
 
 class ResultsFile(QObject):

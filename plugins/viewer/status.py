@@ -1,11 +1,15 @@
 """Status of the processing: a banner when the processor cannot be reached, and a line of
-figures (frames/s, lag, frame counts, scan progress) from the snapshot's ``stats``."""
+figures (frames/s, lag, frame counts, scan progress) from the snapshot's header and the
+processor's status it carries (:class:`sxdm_stream.LiveStatus`)."""
 
 from __future__ import annotations
 
 import time
+from typing import Mapping
 
 from PySide6 import QtCore, QtWidgets
+
+from sxdm_stream import SnapshotHeader
 
 from .model import IDLE, LOST, OK, STALE, MapState
 
@@ -37,7 +41,7 @@ class ConnectionBanner(QtWidgets.QLabel):
         self.show()
 
 
-def format_rejected(rejected: dict) -> str:
+def format_rejected(rejected: Mapping[str, int]) -> str:
     """``3 (bad_position 2, wrong_dtype 1)``."""
     total = sum(int(n) for n in rejected.values())
     if not total:
@@ -55,6 +59,13 @@ def format_seconds(value) -> str:
     if value < 120:
         return f"{value:.1f} s"
     return f"{value / 60:.0f} min" if value < 7200 else f"{value / 3600:.1f} h"
+
+
+def format_scan_state(header: SnapshotHeader) -> str:
+    """``running``, ``complete``, or ``incomplete (37 frames missing)``."""
+    if header.status == "incomplete":
+        return f"incomplete ({header.frames_missing} frames missing)"
+    return header.status
 
 
 class StatusPanel(QtWidgets.QFrame):
@@ -84,22 +95,18 @@ class StatusPanel(QtWidgets.QFrame):
         """Slot: the figures of a new snapshot."""
         self._state = state
         stats, header = state.stats, state.header
-        series = header.get("series_id")
-        status = "complete" if state.complete else header.get("status", "running")
-        self.labels["series"].setText(f"series {series} · {status} · snapshot "
-                                      f"{header.get('seq', '–')}")
-        rate = stats.get("frames_per_s")
-        self.labels["rate"].setText(f"{rate:.0f} frames/s" if rate is not None else "– frames/s")
-        self.labels["lag"].setText(f"lag p50 {format_seconds(stats.get('latency_p50_s'))}, "
-                                   f"p99 {format_seconds(stats.get('latency_p99_s'))}")
+        self.labels["series"].setText(f"series {header.series_id} · {format_scan_state(header)}"
+                                      f" · snapshot {header.seq or '–'}")
+        rate = stats.frames_per_s             # 0 before the first frame, and from a file
+        self.labels["rate"].setText(f"{rate:.0f} frames/s" if rate > 0 else "– frames/s")
+        self.labels["lag"].setText(f"lag p50 {format_seconds(stats.latency_p50_s)}, "
+                                   f"p99 {format_seconds(stats.latency_p99_s)}")
         self.labels["counts"].setText(
-            f"received {stats.get('received', '–')} · "
-            f"processed {stats.get('processed', '–')} · "
-            f"rejected {format_rejected(stats.get('rejected') or {})} · "
-            f"dropped {stats.get('dropped', 0)} · queued {stats.get('queued', 0)}")
-        progress = stats.get("progress")
-        if progress:
-            done, total = (int(v) for v in progress)
+            f"received {stats.received} · processed {stats.processed} · "
+            f"rejected {format_rejected(stats.rejected)} · "
+            f"dropped {stats.dropped} · queued {stats.queued}")
+        if stats.progress:
+            done, total = stats.progress
             self.progress.setMaximum(max(total, 1))
             self.progress.setValue(min(done, max(total, 1)))
         self.tick()
@@ -109,7 +116,7 @@ class StatusPanel(QtWidgets.QFrame):
         if self._state is None:
             self.labels["age"].setText("no snapshot yet")
             return
-        sent = self._state.header.get("time")
+        sent = self._state.header.time_s
         age = time.time() - float(sent) if sent is not None else None
         self.labels["age"].setText(f"age {format_seconds(max(age, 0.0))}"
                                    if age is not None else "")

@@ -21,8 +21,7 @@ import zmq
 from PySide6.QtCore import QObject, Signal
 from zmq.utils.monitor import recv_monitor_message
 
-from sxdm_stream.errors import BadMessageError
-from sxdm_stream.sinks.publish import Snapshot, SnapshotSubscriber
+from sxdm_stream import BadMessageError, Snapshot, SnapshotSubscriber
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +33,11 @@ _DOWN_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CL
 
 
 class SnapshotMailbox:
-    """The newest snapshot, plus every complete one not yet taken (thread-safe).
+    """The newest snapshot, plus every final one not yet taken (thread-safe).
 
     Parameters
     ----------
-    max_complete : complete snapshots kept for a UI that does not take them (oldest dropped).
+    max_complete : final snapshots kept for a UI that does not take them (oldest dropped).
     """
 
     def __init__(self, max_complete: int = 64) -> None:
@@ -49,12 +48,12 @@ class SnapshotMailbox:
     def put(self, snapshot: Snapshot, received_s: float) -> None:
         """Keep ``snapshot`` (received at monotonic ``received_s``)."""
         with self._lock:
-            if snapshot.header.get("complete"):
+            if snapshot.header.final:
                 self._complete.append((snapshot, received_s))
             self._latest = (snapshot, received_s)
 
     def take(self) -> list[tuple[Snapshot, float]]:
-        """Complete snapshots not yet taken, then the newest one (if not already among them)."""
+        """Final snapshots not yet taken, then the newest one (if not already among them)."""
         with self._lock:
             out = list(self._complete)
             if self._latest is not None and (not out or out[-1][0] is not self._latest[0]):

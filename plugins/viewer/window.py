@@ -173,7 +173,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         state = self.model.state
         t0 = time.perf_counter()
         if not self._fwhm_chosen:
-            self._follow_mean_direction(state.header.get("mean_direction"))
+            self._follow_mean_direction(state.header.mean_direction)
         self._follow_roi_names(state)
         self.maps.show_state(self.shown_state())
         self.maps.mark(*(self.model.selected or (None, None)))

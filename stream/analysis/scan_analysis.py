@@ -31,22 +31,59 @@ from sxdm_stream.analysis.roi_suggest import RoiSuggestion, suggest_rois
 from sxdm_stream.core.accumulate import Accumulator
 from sxdm_stream.core.maps import DEFAULT_MASK_FRACTION, MapSet, derive_maps
 from sxdm_stream.core.qroi import roi_maps
+from sxdm_stream.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class MapSettings:
+    """Section ``[maps]`` of the configuration: how maps are derived from the moments.
+
+    Parameters
+    ----------
+    mask_fraction : map pixels whose integrated intensity reaches this fraction of the
+        map's maximum are in the mask (0 to 1); each q-ROI's mask uses its own maximum.
+    d_ref_a : the d-spacing (Angstrom) strain is measured against; None = the mean d over
+        the mask (each q-ROI: its own mean).
+    """
+
+    mask_fraction: float = DEFAULT_MASK_FRACTION
+    d_ref_a: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mask_fraction <= 1.0:
+            raise ConfigError(f"maps.mask_fraction must lie between 0 and 1, "
+                              f"got {self.mask_fraction}")
+        if self.d_ref_a is not None and not self.d_ref_a > 0:
+            raise ConfigError(f"maps.d_ref_a must be positive (Angstrom; leave it out for the "
+                              f"mean d over the mask), got {self.d_ref_a}")
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Section ``[fits]``: Gaussian fits of every masked pixel's q projections at the end of a
+    scan (~1 s per 10,000 map pixels); they need the q histogram."""
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
+class RoiSuggestionSettings:
+    """Section ``[roi_suggestion]``: the q-ROI suggestion from the summed histogram at the end
+    of a scan (``sxdm-stream rois`` prints it as configuration); it needs the q histogram."""
+
+    enabled: bool = True
 
 
 @dataclass(frozen=True)
 class AnalysisSettings:
-    """What is derived from the sums (see the module docstring).
+    """What is derived from the sums (see the module docstring): the sections of the
+    configuration that :func:`analyse` reads (``Config.analysis`` gathers them)."""
 
-    ``fits`` turns the Gaussian projection fits on (they cost ~1 s per 10,000 map pixels);
-    ``suggest_rois`` the q-ROI suggestion at the end of each scan.
-    """
-
-    mask_fraction: float = DEFAULT_MASK_FRACTION
-    d_ref: float | None = None
+    maps: MapSettings = field(default_factory=MapSettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
     particles: ParticleSettings = field(default_factory=ParticleSettings)
-    fits: bool = False
-    suggest_rois: bool = True
+    fits: FitSettings = field(default_factory=FitSettings)
+    roi_suggestion: RoiSuggestionSettings = field(default_factory=RoiSuggestionSettings)
 
 
 @dataclass(frozen=True)
@@ -90,14 +127,15 @@ def analyse(accumulator: Accumulator, settings: AnalysisSettings | None = None,
             roi_moments = np.stack([shift_moments(roi_moments[:, :, k], estimate.shifts_px,
                                                   scan.shape, drop)[0]
                                     for k in range(len(rois))], axis=2)
-    maps = derive_maps(moments, setup.q_ref, scan.shape, s.mask_fraction, s.d_ref)
-    by_roi = (roi_maps(roi_moments, rois, setup.q_ref, scan.shape, s.mask_fraction, s.d_ref)
+    maps = derive_maps(moments, setup.q_ref, scan.shape, s.maps.mask_fraction, s.maps.d_ref_a)
+    by_roi = (roi_maps(roi_moments, rois, setup.q_ref, scan.shape, s.maps.mask_fraction,
+                       s.maps.d_ref_a)
               if roi_moments is not None else {})
     particles = find_particles(maps, scan, s.particles)
     suggestion = fits = None
     if final and setup.keep_histogram:
-        if s.suggest_rois:
+        if s.roi_suggestion.enabled:
             suggestion = suggest_rois(accumulator.histogram.sum(axis=0), setup.grid)
-        if s.fits:
+        if s.fits.enabled:
             fits = fit_projections(accumulator.histogram, setup.grid, points=maps.mask.ravel())
     return ScanAnalysis(maps, estimate, by_roi, particles, suggestion, fits, tuple(rois))

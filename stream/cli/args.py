@@ -1,7 +1,25 @@
 """The options several sub-commands share, and the configuration they build.
 
 ``demo``, ``simulate``, ``process`` and ``process-file`` take the same simulation and
-processing flags; each flag overrides the matching key of ``--config`` (:mod:`sxdm_stream.config`).
+processing flags; each flag overrides the matching key of ``--config`` (:mod:`sxdm_stream.config`):
+
+==========================  =====================================
+flag                        key
+==========================  =====================================
+``--shape ROWS COLS``       ``simulation.shape``
+``--angles``                ``simulation.n_angles``
+``--detector``              ``simulation.detector``
+``--counts``                ``simulation.counts``
+``--seed``                  ``simulation.seed``
+``--bins BX BY BZ``         ``accumulation.histogram_bins``
+``--budget-mib``            ``accumulation.histogram_budget_mib``
+``--max-valid-counts``      ``accumulation.max_valid_counts``
+``--mask`` (process)        ``accumulation.pixel_mask``
+``--drift``                 ``drift.mode``
+``--fits``                  ``fits.enabled``
+``--policy`` (process)      ``live.policy``
+``--out`` (demo)            ``output.directory``
+==========================  =====================================
 """
 
 from __future__ import annotations
@@ -52,6 +70,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
                       pixel_mask=_absolute_mask_spec(mask) if mask is not None else None)
     config = override(config, "drift", mode=getattr(args, "drift", None))
     config = override(config, "fits", enabled=getattr(args, "fits", None))
+    config = override(config, "live", policy=getattr(args, "policy", None))
     out = getattr(args, "out", None)
     return override(config, "output", directory=str(out) if out and args.command == "demo" else None)
 

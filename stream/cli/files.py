@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 
 from sxdm_stream.cli.args import add_processing_args, config_from_args
+from sxdm_stream.config import override
 from sxdm_stream.errors import ConfigError
 
 log = logging.getLogger("sxdm_stream")
@@ -177,7 +178,6 @@ def run_process_file(args: argparse.Namespace) -> int:
     from sxdm_stream.cli.signals import InterruptOnSignals
     from sxdm_stream.runtime.process_file import (RunFailedError, process_file_scan,
                                                   process_recording)
-    from sxdm_stream.runtime.processor import LiveSettings
     from sxdm_stream.sinks.paths import check_output
     from sxdm_stream.sources.files.open import open_source
     from sxdm_stream.sources.recordings.format import RecordingReader
@@ -187,7 +187,7 @@ def run_process_file(args: argparse.Namespace) -> int:
     check_output(args.out, args.overwrite)        # before reading anything
     source = open_source(args.source, source_options(args))
     is_recording = isinstance(source, RecordingReader)
-    settings = LiveSettings.from_config(config, checkpoints=False)
+    settings = override(config, "live", checkpoints=False)
     bar = _progress_bar(source_length(source), "msg" if is_recording else "frame",
                         args.no_progress)
     try:

@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument("--resume", action="store_true", help="continue from the checkpoint of --out")
     proc.add_argument("--overwrite", action="store_true",
                       help="replace an existing results file (never replaced otherwise)")
-    proc.add_argument("--policy", choices=["block", "drop"], default="block",
-                      help="when processing falls behind: block the sender (default) or drop")
+    proc.add_argument("--policy", choices=["block", "drop"],
+                      help="when processing falls behind: block the sender or drop images "
+                           "(default: [live] policy of --config, else block)")
     proc.add_argument("--series", type=int, help="exit after this many complete series")
     proc.add_argument("--config", type=Path, help="TOML configuration file")
     add_processing_args(proc)
@@ -186,7 +187,7 @@ def run_rois(args: argparse.Namespace) -> int:
     if suggestion is None:
         raise ConfigError(f"{args.results} holds no q-ROI suggestion: it is made at the end of "
                           "a complete scan whose q histogram was kept (--bins not 0 0 0)")
-    print(suggestion["text"])
+    print("\n".join(f"# {line}" for line in suggestion["text"].splitlines()))
     print("\n# q-space ROIs for the next scan (paste into the --config TOML file):")
     for peak in suggestion["peaks"]:
         roi = peak["roi"]
@@ -206,17 +207,16 @@ def run_process(args: argparse.Namespace) -> int:
     processor died; 2 for what the user can fix (configuration, --out exists or cannot be
     written, a q histogram over its memory budget)."""
     from sxdm_stream.cli.signals import InterruptOnSignals
-    from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings, ScanOverride
+    from sxdm_stream.runtime.processor import LiveProcessor, ScanOverride
 
     config = config_from_args(args)
     override_ = None
     if args.scan_file:
         scan, geometry = load_scan_file(args.scan_file)
         override_ = ScanOverride(scan, geometry)
-    settings = LiveSettings.from_config(config, policy=args.policy)
     if not args.connect and not args.bluesky:
         raise ConfigError("process needs a source: --connect tcp://HOST:31001 and/or --bluesky HOST:PORT")
-    processor = LiveProcessor(args.connect, out=args.out, publish=args.publish, settings=settings,
+    processor = LiveProcessor(args.connect, out=args.out, publish=args.publish, settings=config,
                               override=override_, resume=args.resume, max_series=args.series,
                               serve=args.serve, operando=args.operando,
                               overwrite=getattr(args, "overwrite", False))
@@ -257,7 +257,7 @@ def _watch(processor, quiet_s: float = 30.0) -> None:
     while not processor.wait(1.0):
         status = processor.status()
         log.info("%s", format_status(status))
-        if not warned and not status["messages"] and time.monotonic() - started > quiet_s:
+        if not warned and not status.messages and time.monotonic() - started > quiet_s:
             warned = True
             log.warning("nothing received for %.0f s: is the detector armed, and are the "
                         "endpoints right (%s)?", quiet_s, ", ".join(processor.endpoints) or
@@ -275,7 +275,7 @@ def _process_outcome(processor) -> int:
         ok = result.complete and (result.written or result.path is None)
         log.log(logging.INFO if ok else logging.WARNING, "%s", result.describe())
     unwritten = processor.writer.unwritten()
-    finished, complete = processor.series_finished, status["completed"]
+    finished, complete = processor.series_finished, status.completed
     if processor.failure is not None:
         user_error = isinstance(processor.failure_error, SxdmError)
         kept = "" if user_error or not processor.results else (

@@ -2,6 +2,9 @@
 
 Sources (DECTRIS stream v1/v2 receivers, replay, bluesky) turn their wire format into these
 three immutable messages; the pipeline never sees a wire format. Units are in the names.
+Ids (``series_id``, ``image_id``, ``frame_index``) are unsigned 64-bit integers: a message
+is refused when it is made with another one (:class:`~sxdm_stream.errors.BadMessageError`,
+``malformed``), whichever source made it.
 
 Our own metadata travels in ``user_data`` (DECTRIS ``header_appendix`` / ``image_appendix``)
 under the key ``"sxdm"``:
@@ -27,9 +30,30 @@ from typing import Any, Mapping, Union
 
 import numpy as np
 
+from sxdm_stream.errors import BadMessageError, format_untrusted
+
 #: key of our metadata block inside DECTRIS user_data
 SXDM_KEY = "sxdm"
 SXDM_METADATA_VERSION = 1
+#: ids (series, image, frame index) are unsigned 64-bit integers, as DECTRIS sends them; CBOR
+#: and JSON carry integers of any size, and one of 5000 digits cannot even be logged
+U64_MAX = 2**64 - 1
+
+
+def is_u64(value: Any) -> bool:
+    """Whether ``value`` is an unsigned 64-bit integer (a numpy one too; never a bool)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) \
+        and 0 <= value <= U64_MAX
+
+
+def _refuse_bad_ids(message: Any, *names: str) -> None:
+    """Raise BadMessageError (``malformed``) for an id of ``message`` that is not u64: every
+    source builds these messages, so no stage after it sees such an id."""
+    for name in names:
+        value = getattr(message, name)
+        if not is_u64(value):
+            raise BadMessageError(f"{type(message).__name__} {name} "
+                                  f"{format_untrusted(value)} is not an unsigned 64-bit integer")
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,6 +105,9 @@ class SeriesStart:
                               else self.invalid_pixel_value - 1) if v is not None]
         return min(limits) if limits else None
 
+    def __post_init__(self) -> None:
+        _refuse_bad_ids(self, "series_id")
+
 
 @dataclass(frozen=True, eq=False)
 class ImageFrame:
@@ -97,6 +124,9 @@ class ImageFrame:
     user_data: Any = None
     real_time_s: float | None = None
     received_s: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        _refuse_bad_ids(self, "series_id", "image_id")
 
     @property
     def positions(self) -> Mapping[str, float] | None:
@@ -120,7 +150,10 @@ class ImageFrame:
         value = block["monitor"]
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return float("nan")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float (JSON and CBOR carry any size)
+            return float("nan")
 
 
 @dataclass(frozen=True)
@@ -129,6 +162,9 @@ class SeriesEnd:
 
     series_id: int
     series_unique_id: str | None = None
+
+    def __post_init__(self) -> None:
+        _refuse_bad_ids(self, "series_id")
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,6 +192,9 @@ class PointPositions:
     correlation_id: str
     frame_index: int
     positions: Mapping[str, float]
+
+    def __post_init__(self) -> None:
+        _refuse_bad_ids(self, "frame_index")
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,12 @@ from typing import Callable
 import numpy as np
 
 from sxdm_stream.analysis.scan_analysis import analyse
+from sxdm_stream.config import Config, override
 from sxdm_stream.core.accumulate import ScanSetup
 from sxdm_stream.core.maps import MapSet
 from sxdm_stream.errors import BadMessageError, SxdmError
 from sxdm_stream.pipeline.scan_processor import ScanProcessor
-from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings
+from sxdm_stream.runtime.processor import LiveProcessor
 from sxdm_stream.runtime.report import format_missing, missing_per_angle
 from sxdm_stream.sinks.paths import check_output
 from sxdm_stream.sinks.results import write_results
@@ -70,7 +71,7 @@ class FileResult:
 
 
 def process_file_scan(file_scan: FileScan, out: str | Path | None = None,
-                      settings: LiveSettings | None = None, workers: int = 2,
+                      settings: Config | None = None, workers: int = 2,
                       block_size: int = 32,
                       progress: Callable[[int], None] | None = None,
                       overwrite: bool = False) -> FileResult:
@@ -80,7 +81,7 @@ def process_file_scan(file_scan: FileScan, out: str | Path | None = None,
     ----------
     file_scan : the scan and where its frames are.
     out : results file (NeXus HDF5, as the live processor writes it); None: do not write.
-    settings : accumulation and map settings (those of the live processor).
+    settings : the configuration (its accumulation and analysis sections, as live).
     workers : threads, each with its own accumulator, merged by addition.
     block_size : frames read at a time.
     progress : called with the number of frames of each block done.
@@ -91,14 +92,14 @@ def process_file_scan(file_scan: FileScan, out: str | Path | None = None,
     """
     if out is not None:
         check_output(Path(out), overwrite)
-    settings = settings or LiveSettings()
+    settings = settings or Config()
     setup = ScanSetup(file_scan.geometry, file_scan.scan, settings.accumulation)
     blocks: queue.Queue = queue.Queue()
     scan = file_scan.scan
     for angle in range(scan.n_angles):
         for start in range(0, scan.n_points, block_size):
             blocks.put((angle, start, min(start + block_size, scan.n_points)))
-    processors = [ScanProcessor(setup, settings.mask_fraction, settings.d_ref)
+    processors = [ScanProcessor(setup, settings.maps.mask_fraction, settings.maps.d_ref_a)
                   for _ in range(max(1, workers))]
     errors: list[BaseException] = []
     t0 = time.perf_counter()
@@ -166,7 +167,7 @@ def _attrs(file_scan: FileScan, p: ScanProcessor) -> dict:
 
 
 def process_recording(reader: RecordingReader, out: str | Path | None = None,
-                      settings: LiveSettings | None = None,
+                      settings: Config | None = None,
                       progress: Callable[[int], None] | None = None,
                       overwrite: bool = False) -> list[FileResult]:
     """Feed every message of a recording to a socket-less :class:`LiveProcessor`.
@@ -180,7 +181,7 @@ def process_recording(reader: RecordingReader, out: str | Path | None = None,
     SxdmError : the run cannot be processed (a q histogram over its memory budget).
     RunFailedError : the processing stopped before the end (a thread died).
     """
-    settings = settings or LiveSettings(checkpoints=False)
+    settings = settings or override(Config(), "live", checkpoints=False)
     decoder, reported = Decoder(), set()
     t0 = time.perf_counter()
     live = LiveProcessor(None, out=out, settings=settings, overwrite=overwrite)
@@ -208,8 +209,8 @@ def process_recording(reader: RecordingReader, out: str | Path | None = None,
         raise RunFailedError(live.failure)
     elapsed = max(time.perf_counter() - t0, 1e-9)
     status = live.status()
-    if status["rejected"]:
-        log.warning("%s: rejected %s", reader.path, status["rejected"])
-    rate = status["processed"] / elapsed
+    if status.rejected:
+        log.warning("%s: rejected %s", reader.path, dict(status.rejected))
+    rate = status.processed / elapsed
     return [FileResult(r.maps, None, r.path, rate, r.complete, r.missing,
                        r.written or r.path is None, r.write_error) for r in finished]

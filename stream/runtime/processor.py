@@ -64,10 +64,11 @@ import zmq
 
 from sxdm_stream.analysis.operando import OperandoRecord
 from sxdm_stream.analysis.scan_analysis import ScanAnalysis
+from sxdm_stream.config import Config
 from sxdm_stream.core.maps import MapSet
 from sxdm_stream.errors import ConfigError
-from sxdm_stream.messages import (ImageFrame, PlanEnd, PlanStart, PointPositions, SeriesEnd,
-                                  SeriesStart)
+from sxdm_stream.messages import (ImageFrame, LiveStatus, PlanEnd, PlanStart, PointPositions,
+                                  SeriesEnd, SeriesStart)
 from sxdm_stream.runtime.queues import BoundedQueue
 from sxdm_stream.runtime.receiver import Receiver, ReceiverCounters
 from sxdm_stream.runtime.report import analysis_arrays, analysis_header, format_status
@@ -113,19 +114,19 @@ class LiveProcessor:
         continued. None: records are only published.
     overwrite : an existing results file may be replaced.
 
-    Only the last ``settings.keep_results`` results stay in :attr:`results`, so a processor
+    Only the last ``settings.live.keep_results`` results stay in :attr:`results`, so a processor
     running for hundreds of scans keeps a flat memory. A bad endpoint, one that cannot be
     bound, or an output that cannot be written raises ConfigError here, before anything runs.
     """
 
     def __init__(self, connect, out: str | Path | None = None, publish: str | None = None,
-                 settings: LiveSettings | None = None, override: ScanOverride | None = None,
+                 settings: Config | None = None, override: ScanOverride | None = None,
                  resume: bool = False, max_series: int | None = None,
                  context: zmq.Context | None = None, serve: str | None = None,
                  operando: str | Path | None = None, overwrite: bool = False) -> None:
         self.endpoints = [] if connect is None else [connect] if isinstance(connect, str) else list(connect)
         self.out = Path(out) if out is not None else None
-        self.settings = settings or LiveSettings()
+        self.settings = settings or Config()
         if self.out is not None:
             check_output(self.out, overwrite, resume)
         self._context = context or zmq.Context.instance()
@@ -135,10 +136,11 @@ class LiveProcessor:
         self.failure: str | None = None
         self.failure_error: BaseException | None = None
         self._supervisor = ThreadSupervisor(self._on_thread_death, self._stop.is_set)
-        self._frames = BoundedQueue(self.settings.queue_size, int(self.settings.queue_mib * 2**20))
+        self._frames = BoundedQueue(self.settings.live.frame_queue_messages,
+                                    int(self.settings.live.frame_queue_mib * 2**20))
         self.receiver = ReceiverCounters()
         self.results: collections.deque[SeriesResult] = collections.deque(
-            maxlen=self.settings.keep_results)
+            maxlen=self.settings.live.keep_results)
         self._ended_count = self._complete_count = self._finished_count = 0
         self._started = time.perf_counter()
         self.operando = OperandoSeriesFile(operando) if operando is not None else None
@@ -150,7 +152,7 @@ class LiveProcessor:
         self._open_sockets(publish, serve)
         self.worker = SeriesWorker(self.settings, override, self._paths, self._snapshots,
                                    self.writer, self.internal, self._stop, max_series, self._fail,
-                                   self.status, lambda: self.receiver.dropped)
+                                   self._status_on_wire, lambda: self.receiver.dropped)
         if checkpoint is not None:
             self.worker.resume(checkpoint.processor, checkpoint.series_id,
                                checkpoint.series_unique_id, self.out)
@@ -290,7 +292,7 @@ class LiveProcessor:
 
     def _enqueue(self, message) -> None:
         nbytes = int(getattr(message.data, "nbytes", 0)) if isinstance(message, ImageFrame) else 0
-        if isinstance(message, ImageFrame) and self.settings.policy == "drop":
+        if isinstance(message, ImageFrame) and self.settings.live.policy == "drop":
             if not self._frames.put_nowait(message, nbytes):
                 self.receiver.drop()
             return
@@ -342,7 +344,8 @@ class LiveProcessor:
                                   "or --overwrite it")
             log.warning("no checkpoint at %s: starting afresh", path)
             return None
-        resumed = read_checkpoint(path, self.settings.mask_fraction, self.settings.d_ref)
+        maps = self.settings.maps
+        resumed = read_checkpoint(path, maps.mask_fraction, maps.d_ref_a)
         self._paths.claim(self.out)
         log.info("resumed series %s from %s: %d of %d frames already in the sums",
                  resumed.series_id, path, int(resumed.processor.included.sum()),
@@ -350,9 +353,9 @@ class LiveProcessor:
         return resumed
 
     # ---- status -------------------------------------------------------------------------------
-    def status(self) -> dict:
-        """Live statistics: counts, rates, lag, latency, progress of the current scan (from
-        any thread: copies of what the worker owns)."""
+    def status(self) -> LiveStatus:
+        """Live statistics: counts, rates, latency, progress of the current scan (from any
+        thread: copies of what the worker owns). Every snapshot carries them too."""
         worker = self.worker
         p, series = worker.processor, worker.series
         rejected, quirks, processed = worker.counts()
@@ -360,21 +363,24 @@ class LiveProcessor:
         p50, p99 = self._snapshots.latency()
         if self._receiver is not None:
             quirks.update(self._receiver.quirks())
-        return {
-            "messages": self.receiver.messages, "received": self.receiver.images,
-            "processed": processed, "rejected": dict(rejected + self.receiver.copy_rejected()),
-            "dropped": self.receiver.dropped, "queued": self._frames.qsize(),
-            "queued_bytes": self._frames.nbytes,
-            "frames_per_s": processed / elapsed if elapsed > 0 else 0.0,
-            "latency_p50_s": p50, "latency_p99_s": p99,
-            "series_id": series.series_id if series else None,
-            "series_unique_id": series.series_unique_id if series else None,
-            "progress": (int(p.included.sum()), p.setup.scan.n_frames) if p else None,
-            "held": worker.held, "placed_by_index": worker.placed_by_index,
-            "completed": self._complete_count, "ended": self._ended_count,
-            "quirks": dict(quirks), "internal_errors": self.internal.counts(),
-            "after_stop": self.receiver.after_stop + worker.after_stop, "failure": self.failure,
-        }
+        return LiveStatus(
+            messages=self.receiver.messages, received=self.receiver.images,
+            processed=processed, rejected=dict(rejected + self.receiver.copy_rejected()),
+            dropped=self.receiver.dropped, queued=self._frames.qsize(),
+            queued_bytes=self._frames.nbytes,
+            frames_per_s=processed / elapsed if elapsed > 0 else 0.0,
+            latency_p50_s=p50, latency_p99_s=p99,
+            series_id=series.series_id if series else None,
+            series_unique_id=series.series_unique_id if series else None,
+            progress=(int(p.included.sum()), p.setup.scan.n_frames) if p else None,
+            held=worker.held, placed_by_index=worker.placed_by_index,
+            completed=self._complete_count, ended=self._ended_count,
+            quirks=dict(quirks), internal_errors=self.internal.counts(),
+            after_stop=self.receiver.after_stop + worker.after_stop, failure=self.failure)
+
+    def _status_on_wire(self) -> dict:
+        """The status as every snapshot header carries it (worker thread)."""
+        return self.status().to_wire()
 
 
 def _endpoint(option: str, endpoint: str | None, make):

@@ -5,24 +5,26 @@ from __future__ import annotations
 
 import numpy as np
 
+from sxdm_stream.analysis.roi_suggest import format_roi_suggestion
 from sxdm_stream.analysis.scan_analysis import ScanAnalysis
 from sxdm_stream.core.maps import map_arrays
+from sxdm_stream.messages import LiveStatus
 
 
-def format_status(status: dict) -> str:
+def format_status(status: LiveStatus) -> str:
     """One progress line from :meth:`LiveProcessor.status`."""
-    progress = status.get("progress")
-    where = (f"series {status['series_id']}: {progress[0]}/{progress[1]} frames "
+    progress = status.progress
+    where = (f"series {status.series_id}: {progress[0]}/{progress[1]} frames "
              f"({100.0 * progress[0] / max(progress[1], 1):.0f}%)" if progress else "waiting for a series")
-    lat = status.get("latency_p99_s")
-    rejected = sum(status["rejected"].values())
-    return (f"{where} | {status['frames_per_s']:.0f} frames/s | processed {status['processed']} "
-            f"| rejected {rejected}{' ' + str(status['rejected']) if rejected else ''} "
-            f"| dropped {status['dropped']} | queued {status['queued']}"
+    lat = status.latency_p99_s
+    rejected = sum(status.rejected.values())
+    return (f"{where} | {status.frames_per_s:.0f} frames/s | processed {status.processed} "
+            f"| rejected {rejected}{' ' + str(dict(status.rejected)) if rejected else ''} "
+            f"| dropped {status.dropped} | queued {status.queued}"
             + (f" | latency p99 {1000 * lat:.0f} ms" if lat is not None else "")
-            + (f" | waiting for positions {status['held']}" if status.get("held") else "")
-            + (f" | internal errors {status['internal_errors']}"
-               if status.get("internal_errors") else ""))
+            + (f" | waiting for positions {status.held}" if status.held else "")
+            + (f" | internal errors {dict(status.internal_errors)}"
+               if status.internal_errors else ""))
 
 
 def missing_per_angle(included: np.ndarray, n_angles: int) -> np.ndarray:
@@ -47,14 +49,16 @@ SNAPSHOT_ROI_MAPS = ("intensity", "d_spacing", "strain", "tilt_altitude", "mask"
 
 
 def analysis_header(analysis: ScanAnalysis) -> dict:
-    """The snapshot header fields of an analysis (JSON-able)."""
+    """The snapshot header fields of an analysis (JSON-able; see
+    :class:`~sxdm_stream.messages.SnapshotHeader`)."""
     header = {"particles": analysis.particles.to_records(),
               "q_rois": {roi.name: {**roi.describe(), "d_ref": analysis.roi_maps[roi.name].d_ref}
                          for roi in analysis.rois}}
     if analysis.drift is not None:
         header["drift"] = analysis.drift.to_dict()
     if analysis.roi_suggestion is not None:
-        header["roi_suggestion"] = analysis.roi_suggestion.describe()
+        header["roi_suggestion"] = {**analysis.roi_suggestion.describe(),
+                                    "text": format_roi_suggestion(analysis.roi_suggestion)}
     return header
 
 

@@ -1,23 +1,20 @@
-"""How the live processor runs, and the scan set-up of each series it receives.
+"""The scan set-up of each series the live processor receives.
 
-:class:`LiveSettings` gathers what the live processor, the direct file processing and the
-demo are told (from a :class:`sxdm_stream.config.Config` with :meth:`LiveSettings.from_config`);
 :func:`setup_for_series` decides which scan and geometry a series is accumulated with (the
 user's override, the series' own description, or the description of the control-system run
-it is joined to).
+it is joined to). How the processor runs is the configuration's ``[live]`` section,
+:class:`sxdm_stream.config.LiveSettings`, which the processor reads from the
+:class:`sxdm_stream.config.Config` it is given (imported here too, where it used to live).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
-from sxdm_stream.analysis.drift import DriftSettings
-from sxdm_stream.analysis.particles import ParticleSettings
-from sxdm_stream.analysis.scan_analysis import AnalysisSettings
+from sxdm_stream.config import Config, LiveSettings
 from sxdm_stream.core.accumulate import AccumulationSettings, ScanSetup
 from sxdm_stream.core.geometry import Geometry, geometry_from_description
-from sxdm_stream.core.maps import DEFAULT_MASK_FRACTION
 from sxdm_stream.core.scan import ScanDescription
 from sxdm_stream.errors import BadMessageError, ConfigError
 from sxdm_stream.messages import SeriesStart
@@ -26,64 +23,7 @@ from sxdm_stream.sources.files.masks import combine_masks, read_mask
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("block", "drop")
-
-
-@dataclass(frozen=True)
-class LiveSettings:
-    """How the live processor runs. ``snapshot_hz`` bounds the snapshot rate; snapshots also
-    never take more than ~20% of the worker's time (the interval grows on big maps).
-    ``hold_frames`` bounds the frames kept waiting for positions from the control system
-    (each a full detector frame: 512 Maxipix frames are 0.5 GB); ``join_timeout_s`` is how
-    long a series ended by the detector waits for its run's remaining positions.
-
-    The frame queue holds at most ``queue_size`` messages and ``queue_mib`` MiB of decoded
-    images; the writer's job queue at most ``writer_queue_jobs`` jobs and ``writer_queue_mib``
-    MiB of copied sums (one job bigger than that still passes, alone)."""
-
-    accumulation: AccumulationSettings = field(default_factory=AccumulationSettings)
-    mask_fraction: float = DEFAULT_MASK_FRACTION
-    d_ref: float | None = None
-    policy: str = "block"
-    queue_size: int = 256
-    queue_mib: float = 512.0
-    writer_queue_jobs: int = 4
-    writer_queue_mib: float = 4096.0
-    snapshot_hz: float = 10.0
-    checkpoints: bool = True
-    hold_frames: int = 512
-    join_timeout_s: float = 10.0
-    keep_results: int = 16
-    particles: ParticleSettings = field(default_factory=ParticleSettings)
-    drift: DriftSettings = field(default_factory=DriftSettings)
-    fits: bool = False
-
-    @classmethod
-    def from_config(cls, config, **overrides) -> "LiveSettings":
-        """The settings a :class:`sxdm_stream.config.Config` asks for (accumulation, maps,
-        drift, particles, fits); ``overrides`` (policy, checkpoints...) win."""
-        values = dict(accumulation=config.accumulation, mask_fraction=config.maps.mask_fraction,
-                      d_ref=config.maps.d_ref_a or None, drift=config.drift,
-                      particles=config.particles, fits=config.fits.enabled)
-        return cls(**{**values, **overrides})
-
-    @property
-    def analysis(self) -> AnalysisSettings:
-        """What is derived from the sums at each snapshot and write."""
-        return AnalysisSettings(self.mask_fraction, self.d_ref, self.drift, self.particles,
-                                self.fits)
-
-    def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ConfigError(f"back-pressure policy {self.policy!r} is not one of {POLICIES}")
-        if self.queue_size < 1 or self.snapshot_hz <= 0 or self.hold_frames < 1:
-            raise ConfigError("queue_size, snapshot_hz and hold_frames must be positive")
-        if self.queue_mib <= 0 or self.writer_queue_jobs < 1 or self.writer_queue_mib <= 0:
-            raise ConfigError("queue_mib, writer_queue_jobs and writer_queue_mib must be positive")
-        if self.join_timeout_s < 0:
-            raise ConfigError("join_timeout_s must not be negative")
-        if self.keep_results < 1:
-            raise ConfigError("keep_results must be at least 1")
+__all__ = ["Config", "LiveSettings", "ScanOverride", "setup_for_series"]
 
 
 @dataclass(frozen=True)

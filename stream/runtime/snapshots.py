@@ -1,7 +1,7 @@
 """The live processor's snapshots: the current scan's maps, derived at a bounded rate and
 published for viewers (:mod:`sxdm_stream.sinks.publish` describes the wire format).
 
-A snapshot is due when frames were added since the last one and ``1 / snapshot_hz`` has
+A snapshot is due when frames were added since the last one and ``1 / snapshot_max_hz`` has
 passed, or five times the last snapshot's cost on big maps (snapshots never take more than
 ~20% of the worker). The drift estimate is made once per finished rocking angle (~0.2 s on a
 200x200 map of 100 angles), not at every snapshot.
@@ -11,7 +11,8 @@ ended (viewers keep every such one: an operando point each); ``status`` says whe
 frame of the scan is in it (``complete``), frames are missing (``incomplete``, with
 ``frames_missing``) or the scan goes on (``running``). The last snapshot of a scan that is
 over (:meth:`Snapshots.last`) also logs what its analysis found and makes the scan's operando
-record, published beside the snapshots.
+record, published beside the snapshots. The last snapshot's analysis is the one the results
+file gets: the worker hands it to the writer, which does not analyse the same sums again.
 
 =================  ==========================================================================
 thread             owns
@@ -39,7 +40,7 @@ from sxdm_stream.messages import SeriesStart
 from sxdm_stream.pipeline.join import correlation_id_of
 from sxdm_stream.pipeline.scan_processor import ScanProcessor
 from sxdm_stream.runtime.report import analysis_arrays, analysis_header, missing_per_angle
-from sxdm_stream.runtime.settings import LiveSettings
+from sxdm_stream.runtime.settings import Config
 from sxdm_stream.sinks.publish import SnapshotPublisher, encode_operando_record, encode_snapshot
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,11 @@ class Snapshots:
 
     Parameters
     ----------
-    settings : the processor's settings (analysis, drift, ``snapshot_hz``).
+    settings : the processor's configuration (analysis, drift, ``live.snapshot_max_hz``).
     publisher : where snapshots go (None: derived for :attr:`last_analysis` only).
     """
 
-    def __init__(self, settings: LiveSettings, publisher: SnapshotPublisher | None) -> None:
+    def __init__(self, settings: Config, publisher: SnapshotPublisher | None) -> None:
         self.settings, self.publisher = settings, publisher
         self.seq = 0
         self.errors = 0
@@ -73,7 +74,7 @@ class Snapshots:
         """Frames were added and the pacing interval has passed."""
         if not self._pending:
             return False
-        interval = max(1.0 / self.settings.snapshot_hz, 5.0 * self._cost)
+        interval = max(1.0 / self.settings.live.snapshot_max_hz, 5.0 * self._cost)
         return time.perf_counter() - self._last >= interval
 
     def failed(self) -> None:
@@ -108,14 +109,15 @@ class Snapshots:
         return analysis
 
     def last(self, p: ScanProcessor, series: SeriesStart, series_index: int, final: bool,
-             stats: Callable[[], dict], channels: dict) -> OperandoRecord | None:
-        """The last snapshot of a series. When ``final`` (the scan is over, complete or not)
-        its analysis is logged and its operando record made and published: returned, for the
-        results writer."""
+             stats: Callable[[], dict], channels: dict
+             ) -> tuple[ScanAnalysis, OperandoRecord | None]:
+        """The last snapshot of a series: its analysis (of ``p``'s sums as they stay: the
+        writer writes it as it is) and, when ``final`` (the scan is over, complete or not),
+        its operando record. A final analysis is logged and its record published."""
         analysis = self.make(p, series, series_index, final,
                              "complete" if p.complete else "incomplete", stats, channels)
         if not final:
-            return None
+            return analysis, None
         _log_analysis(series.series_id, analysis)
         record = operando_record(analysis.maps, time.time(), series.series_id,
                                  series_unique_id=series.series_unique_id,
@@ -124,7 +126,7 @@ class Snapshots:
                                  particles=analysis.particles.records)
         if self.publisher is not None:
             self.publisher.send(encode_operando_record(record.to_json()))
-        return record
+        return analysis, record
 
     def latency(self) -> tuple[float | None, float | None]:
         """Median and 99th percentile of frame-to-snapshot latency (s), None before any."""

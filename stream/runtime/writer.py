@@ -2,9 +2,13 @@
 
 The worker hands it copies of a series' sums (:meth:`ResultsWriter.schedule`, a
 :class:`WriteJob`) at the end of each rocking angle and of the series, and operando records
-(:class:`OperandoJob`); it analyses them (:func:`sxdm_stream.analysis.scan_analysis.analyse`), writes the
-results file atomically with a checkpoint beside it (removed once every frame of the scan is
-in), and hands every finished series to ``on_result`` as a :class:`SeriesResult`.
+(:class:`OperandoJob`); it writes the results file atomically with a checkpoint beside it
+(removed once every frame of the scan is in), and hands every finished series to
+``on_result`` as a :class:`SeriesResult`. The analysis written
+(:func:`sxdm_stream.analysis.scan_analysis.analyse`) of a series' last write is the one the
+worker made for its last snapshot, handed over with the job: the final analysis (drift,
+particles, ROI suggestion, fits) is made once. The writer analyses the sums itself only for
+the intermediate writes, and when the worker's analysis failed.
 
 Failures never stop the thread and never pass unseen:
 
@@ -52,7 +56,7 @@ from sxdm_stream.pipeline.join import correlation_id_of
 from sxdm_stream.pipeline.scan_processor import ScanProcessor
 from sxdm_stream.runtime.queues import BoundedQueue
 from sxdm_stream.runtime.report import format_missing, missing_per_angle
-from sxdm_stream.runtime.settings import LiveSettings
+from sxdm_stream.runtime.settings import Config
 from sxdm_stream.runtime.supervisor import InternalErrors
 from sxdm_stream.sinks.checkpoint import checkpoint_path, write_checkpoint
 from sxdm_stream.sinks.results import write_results
@@ -98,7 +102,8 @@ class WriteJob:
     """A copy of one series' sums to write (worker -> writer).
 
     ``ended``: the detector ended the series (its final analysis is due); ``last``: the
-    series' last write (the worker has moved on)."""
+    series' last write (the worker has moved on); ``analysis``: the worker's analysis of these
+    very sums (its last snapshot's), written as it is; None: the writer analyses them."""
 
     processor: ScanProcessor
     series: SeriesStart
@@ -106,6 +111,7 @@ class WriteJob:
     last: bool
     path: Path | None
     dropped: int = 0
+    analysis: ScanAnalysis | None = None
 
     @property
     def complete(self) -> bool:
@@ -133,19 +139,19 @@ class ResultsWriter:
 
     Parameters
     ----------
-    settings : the processor's settings (analysis, checkpoints, writer queue bounds).
+    settings : the processor's configuration (analysis; ``[live]`` checkpoints, queue bounds).
     operando : the operando series file, or None.
     on_result : called with the :class:`SeriesResult` of every finished series.
     internal : where exceptions of one job are counted (a new counter if None).
     """
 
-    def __init__(self, settings: LiveSettings, operando: OperandoSeriesFile | None,
+    def __init__(self, settings: Config, operando: OperandoSeriesFile | None,
                  on_result: Callable[[SeriesResult], None],
                  internal: InternalErrors | None = None) -> None:
         self.settings, self.operando, self.on_result = settings, operando, on_result
         self.internal = internal or InternalErrors()
-        self.jobs = BoundedQueue(settings.writer_queue_jobs,
-                                 int(settings.writer_queue_mib * 2**20))
+        self.jobs = BoundedQueue(settings.live.writer_queue_jobs,
+                                 int(settings.live.writer_queue_mib * 2**20))
         self.errors = 0
         self.running = False
         self._busy = False
@@ -155,10 +161,12 @@ class ResultsWriter:
 
     # ---- worker side ------------------------------------------------------------------------
     def schedule(self, p: ScanProcessor, series: SeriesStart, ended: bool, last: bool,
-                 path: Path | None, dropped: int = 0) -> bool:
+                 path: Path | None, dropped: int = 0,
+                 analysis: ScanAnalysis | None = None) -> bool:
         """Queue a copy of ``p``'s sums; an intermediate write is skipped (False) while the
         writer is still busy with an earlier one. A last write waits for room in the queue
-        (while the writer runs)."""
+        (while the writer runs). ``analysis``: already made of these sums (the worker's last
+        snapshot); the writer writes it instead of analysing again."""
         if not last and (self._busy or self.jobs.qsize() > 0):
             return False                          # the writer is behind: the next angle will do
         copy = ScanProcessor(p.setup, p.mask_fraction, p.d_ref)
@@ -168,7 +176,7 @@ class ResultsWriter:
         copy.counters.received, copy.counters.processed = p.counters.received, p.counters.processed
         copy.counters.rejected = Counter(dict.copy(p.counters.rejected))
         copy.angles_done = p.angles_done
-        job = WriteJob(copy, series, ended, last, path, dropped)
+        job = WriteJob(copy, series, ended, last, path, dropped, analysis)
         if not last:
             return self.jobs.put_nowait(job, job.nbytes)
         self._put_waiting(job, job.nbytes)
@@ -242,6 +250,8 @@ class ResultsWriter:
             self._spare = job.processor.accumulator
 
     def _analyse(self, job: WriteJob) -> ScanAnalysis | None:
+        if job.analysis is not None:              # the worker's: made once, written as it is
+            return job.analysis
         if job.path is None and not job.last:
             return None
         p = job.processor
@@ -280,16 +290,16 @@ class ResultsWriter:
         ckpt = checkpoint_path(path)
         if job.complete:
             ckpt.unlink(missing_ok=True)          # the results file now holds everything
-        elif self.settings.checkpoints:
+        elif self.settings.live.checkpoints:
             write_checkpoint(ckpt, p, series.series_id, series.series_unique_id)
 
     def _keep_unwritten(self, job: WriteJob, analysis, result: SeriesResult) -> None:
         self._unwritten[job.path] = (job, analysis, result)
-        while len(self._unwritten) > self.settings.keep_results:
+        while len(self._unwritten) > self.settings.live.keep_results:
             _path, (old, _a, _r) = self._unwritten.popitem(last=False)
             log.error("giving up writing the results of series %s to %s (more than %d results "
                       "wait to be written)", old.series.series_id, old.path,
-                      self.settings.keep_results)
+                      self.settings.live.keep_results)
 
     def _retry_unwritten(self, closing: bool = False) -> None:
         """Write again the final results whose write failed (oldest first)."""

@@ -3,20 +3,16 @@
 Wire format (one multipart message)::
 
     part 0   b"sxdm.snapshot"                              topic, for SUB filtering
-    part 1   JSON header (UTF-8 object):
-             {"format": "sxdm.snapshot", "version": 1, "seq": int, "time": unix seconds,
-              "series_id": int, "series_unique_id": str | null, "complete": bool,
-              "scan": ScanDescription.describe(), "stats": {...}, "d_ref": float,
-              "mean_direction": [3], "azimuth_reference": [3], "mask_fraction": float,
-              "units": {name: unit}, "arrays": [{"name", "dtype", "shape"}, ...]}
+    part 1   JSON header (UTF-8 object): SnapshotHeader.to_wire() plus
+             "arrays": [{"name", "dtype", "shape"}, ...]
     part 2.. one raw C-order little-endian buffer per entry of "arrays", in that order
 
-Array names are those of :func:`sxdm_stream.core.maps.map_arrays` (the same as in results files),
-plus ``particle_labels`` (int32) and, per q-ROI, ``roi.<name>.<map>`` for intensity,
-d_spacing, strain, tilt_altitude and mask. The header may also carry ``drift``
-(``DriftEstimate.to_dict()``), ``particles`` (the particle table's records), ``q_rois``
-(name -> ROI description and d_ref), ``roi_suggestion`` (at the end of a scan) and
-``operando`` (electrochemistry channels).
+The header's fields, their units and versions are those of
+:class:`~sxdm_stream.messages.SnapshotHeader` (the processor's status under ``"stats"``:
+:class:`~sxdm_stream.messages.LiveStatus`). Array names are those of
+:func:`sxdm_stream.core.maps.map_arrays` (the same as in results files), plus
+``particle_labels`` (int32) and, per q-ROI, ``roi.<name>.<map>`` for intensity, d_spacing,
+strain, tilt_altitude and mask.
 
 Operando records (one per completed map, :mod:`sxdm_stream.analysis.operando`) go out on the same
 socket as ``[b"sxdm.operando", JSON]`` with the record's ``to_json()`` object plus
@@ -26,6 +22,7 @@ socket as ``[b"sxdm.operando", JSON]`` with the record's ``to_json()`` object pl
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -34,10 +31,12 @@ import numpy as np
 import zmq
 
 from sxdm_stream.core.maps import MAP_FIELDS, MapSet, map_arrays
-from sxdm_stream.errors import BadMessageError
+from sxdm_stream.errors import BadMessageError, format_untrusted
+from sxdm_stream.messages import SNAPSHOT_FORMAT, SNAPSHOT_VERSION, SnapshotHeader
 
 TOPIC = b"sxdm.snapshot"
-FORMAT = "sxdm.snapshot"
+FORMAT = SNAPSHOT_FORMAT
+#: version of the pixel and operando messages (a snapshot's: SNAPSHOT_VERSION)
 VERSION = 1
 #: dtypes a snapshot may carry (anything else is refused on decode: no object arrays)
 ALLOWED_DTYPES = {"<f8", "<f4", "|u1", "|b1", "<i8", "<u4", "<i4"}
@@ -45,6 +44,26 @@ ALLOWED_DTYPES = {"<f8", "<f4", "|u1", "|b1", "<i8", "<u4", "<i4"}
 
 @dataclass(frozen=True)
 class Snapshot:
+    """One snapshot of the maps: its header and its arrays by name."""
+
+    header: SnapshotHeader
+    arrays: dict[str, np.ndarray]
+
+    def to_wire(self) -> list[bytes]:
+        """The multipart message of this snapshot."""
+        return _encode_message(self.header.to_wire(), self.arrays)
+
+    @classmethod
+    def from_wire(cls, parts: list[bytes]) -> "Snapshot":
+        """The snapshot of a multipart message (:func:`decode_snapshot`)."""
+        return decode_snapshot(parts)
+
+
+@dataclass(frozen=True)
+class PixelReply:
+    """The processor's answer about one map pixel: its header (``point``, ``grid``,
+    ``com``...: see the pixel protocol below) and its arrays by name."""
+
     header: dict[str, Any]
     arrays: dict[str, np.ndarray]
 
@@ -56,50 +75,68 @@ def encode_snapshot(maps: MapSet, info: dict[str, Any],
     arrays = map_arrays(maps)
     arrays["mask"] = arrays["mask"].astype(np.uint8)
     arrays.update(extra_arrays or {})
+    header = {
+        "format": SNAPSHOT_FORMAT, "version": SNAPSHOT_VERSION, "time": time.time(),
+        "d_ref": maps.d_ref, "mean_direction": np.asarray(maps.mean_direction).tolist(),
+        "azimuth_reference": np.asarray(maps.azimuth_reference).tolist(),
+        "mask_fraction": maps.mask_fraction,
+        "units": {name: unit for name, (unit, _title) in MAP_FIELDS.items()},
+        **info,
+    }
+    return _encode_message(header, arrays)
+
+
+def _encode_message(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> list[bytes]:
     specs, buffers = [], []
     for name, array in arrays.items():
         a = np.ascontiguousarray(array)
         a = a.astype(a.dtype.newbyteorder("<")) if a.dtype.byteorder == ">" else a
         specs.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape)})
         buffers.append(a.tobytes())
-    header = {
-        "format": FORMAT, "version": VERSION, "time": time.time(),
-        "d_ref": maps.d_ref, "mean_direction": np.asarray(maps.mean_direction).tolist(),
-        "azimuth_reference": np.asarray(maps.azimuth_reference).tolist(),
-        "mask_fraction": maps.mask_fraction,
-        "units": {name: unit for name, (unit, _title) in MAP_FIELDS.items()},
-        **info, "arrays": specs,
-    }
-    return [TOPIC, json.dumps(header, allow_nan=True).encode()] + buffers
+    body = {**header, "arrays": specs}
+    return [TOPIC, json.dumps(body, allow_nan=True).encode()] + buffers
 
 
 def decode_snapshot(parts: list[bytes]) -> Snapshot:
     """Parse a snapshot message; BadMessageError if it is not one or is inconsistent."""
     if len(parts) < 2 or bytes(parts[0]) != TOPIC:
         raise BadMessageError("not an sxdm snapshot (wrong topic or too few parts)", "malformed")
-    header = _json_object(parts[1], FORMAT, "snapshot header")
-    if header.get("version", 0) > VERSION:
-        raise BadMessageError(f"snapshot version {header.get('version')} is newer than {VERSION}",
-                              "unknown_type")
-    specs = header.get("arrays", [])
-    if len(specs) != len(parts) - 2:
-        raise BadMessageError(f"snapshot lists {len(specs)} arrays but carries {len(parts) - 2}",
+    body = _json_object(parts[1], SNAPSHOT_FORMAT, "snapshot header")
+    header = SnapshotHeader.from_wire(body)
+    return Snapshot(header, _arrays(body.get("arrays", []), parts[2:], "snapshot"))
+
+
+def _arrays(specs: Any, buffers: list[bytes], what: str) -> dict[str, np.ndarray]:
+    """The arrays a message's ``"arrays"`` describes, one buffer each."""
+    if not isinstance(specs, list) or not all(isinstance(s, dict) for s in specs):
+        raise BadMessageError(f"{what} header lists no arrays", "malformed")
+    if len(specs) != len(buffers):
+        raise BadMessageError(f"{what} lists {len(specs)} arrays but carries {len(buffers)}",
                               "size_mismatch")
-    arrays = {}
-    for spec, buf in zip(specs, parts[2:]):
-        arrays[spec["name"]] = _array(spec, bytes(buf))
-    return Snapshot(header, arrays)
+    return {_array_name(spec, what): _array(spec, bytes(buf), what)
+            for spec, buf in zip(specs, buffers)}
 
 
-def _array(spec: dict, buf: bytes) -> np.ndarray:
-    dtype = str(spec.get("dtype"))
-    if dtype not in ALLOWED_DTYPES:
-        raise BadMessageError(f"snapshot array {spec.get('name')!r} has dtype {dtype!r}",
+def _array_name(spec: dict, what: str) -> str:
+    name = spec.get("name")
+    if not isinstance(name, str):
+        raise BadMessageError(f"{what} array name {format_untrusted(name)} is not a string",
+                              "malformed")
+    return name
+
+
+def _array(spec: dict, buf: bytes, what: str) -> np.ndarray:
+    name, dtype = format_untrusted(spec.get("name")), spec.get("dtype")
+    shape = spec.get("shape", [])
+    if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
+        raise BadMessageError(f"{what} array {name} has dtype {format_untrusted(dtype)}",
                               "wrong_dtype")
-    shape = tuple(int(n) for n in spec.get("shape", ()))
-    if int(np.prod(shape)) * np.dtype(dtype).itemsize != len(buf):
-        raise BadMessageError(f"snapshot array {spec.get('name')!r}: {len(buf)} bytes for shape "
-                              f"{shape} of {dtype}", "size_mismatch")
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        raise BadMessageError(f"{what} array {name} has shape {format_untrusted(shape)}",
+                              "malformed")
+    if math.prod(shape) * np.dtype(dtype).itemsize != len(buf):
+        raise BadMessageError(f"{what} array {name}: {len(buf)} bytes for shape "
+                              f"{format_untrusted(shape)} of {dtype}", "size_mismatch")
     return np.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
@@ -124,7 +161,7 @@ def _json_object(part: bytes, fmt: str, what: str) -> dict[str, Any]:
     """The JSON object of a message part, whose ``format`` must be ``fmt``."""
     try:
         body = json.loads(bytes(part))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:   # ValueError: huge integers
         raise BadMessageError(f"{what} is not JSON: {exc}", "malformed") from None
     if not isinstance(body, dict) or body.get("format") != fmt:
         raise BadMessageError(f"{what} is not an {fmt} object", "malformed")
@@ -255,20 +292,14 @@ def encode_pixel_error(message: str) -> list[bytes]:
     return [json.dumps({"format": PIXEL_FORMAT, "error": message}).encode()]
 
 
-def decode_pixel_reply(parts: list[bytes]) -> Snapshot:
-    """A pixel reply as (header, arrays); BadMessageError for errors and malformed replies."""
-    try:
-        header = json.loads(bytes(parts[0]))
-    except (UnicodeDecodeError, json.JSONDecodeError, IndexError) as exc:
-        raise BadMessageError(f"pixel reply header is not JSON: {exc}", "malformed") from None
-    if not isinstance(header, dict) or header.get("format") != PIXEL_FORMAT:
-        raise BadMessageError("not an sxdm.pixel reply", "malformed")
+def decode_pixel_reply(parts: list[bytes]) -> PixelReply:
+    """A pixel reply; BadMessageError for error replies and malformed ones."""
+    if not parts:
+        raise BadMessageError("an empty pixel reply", "malformed")
+    header = _json_object(parts[0], PIXEL_FORMAT, "pixel reply")
     if "error" in header:
         raise BadMessageError(f"the processor answered: {header['error']}", "refused")
-    specs = header.get("arrays", [])
-    if len(specs) != len(parts) - 1:
-        raise BadMessageError("pixel reply array count differs from its parts", "size_mismatch")
-    return Snapshot(header, {s["name"]: _array(s, bytes(b)) for s, b in zip(specs, parts[1:])})
+    return PixelReply(header, _arrays(header.get("arrays", []), parts[1:], "pixel reply"))
 
 
 class PixelService:
