@@ -154,6 +154,12 @@ class ScanProcessor:
         """True when every frame of the scan has been added."""
         return bool(self.included.all())
 
+    def missing_per_angle(self) -> np.ndarray:
+        """Frames of the scan not in the sums, per rocking angle (frame index =
+        angle * n_points + point)."""
+        included = np.asarray(self.included, bool)
+        return (~included).reshape(self.setup.scan.n_angles, -1).sum(axis=1).astype(np.int64)
+
     def maps(self) -> MapSet:
         return derive_maps(self.accumulator.moments, self.setup.q_ref, self.setup.scan.shape,
                            self.mask_fraction, self.d_ref)

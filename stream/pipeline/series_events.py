@@ -168,7 +168,7 @@ class SeriesFinished:
     @property
     def missing(self) -> np.ndarray:
         """Frames not in the sums, per rocking angle."""
-        return frames_missing_per_angle(self.processor)
+        return self.processor.missing_per_angle()
 
     @property
     def final(self) -> bool:
@@ -183,13 +183,6 @@ class InternalError:
 
     what: str
     error: Exception
-
-
-def frames_missing_per_angle(processor: ScanProcessor) -> np.ndarray:
-    """Frames of ``processor``'s scan not in its sums, per rocking angle (frame index =
-    angle * n_points + point)."""
-    included = np.asarray(processor.included, bool)
-    return (~included).reshape(processor.setup.scan.n_angles, -1).sum(axis=1).astype(np.int64)
 
 
 @dataclass

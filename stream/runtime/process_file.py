@@ -31,7 +31,7 @@ from sxdm_stream.core.maps import MapSet
 from sxdm_stream.errors import BadMessageError, SxdmError
 from sxdm_stream.pipeline.scan_processor import ScanProcessor
 from sxdm_stream.runtime.processor import LiveProcessor
-from sxdm_stream.runtime.report import format_missing, missing_per_angle
+from sxdm_stream.runtime.report import format_missing
 from sxdm_stream.sinks.paths import check_output
 from sxdm_stream.sinks.results import write_results
 from sxdm_stream.sources.dectris.codec import Decoder
@@ -130,7 +130,7 @@ def process_file_scan(file_scan: FileScan, out: str | Path | None = None,
             log.error("could not write the results to %s: %s", out, error)
     log.info("%s: %d frames processed, %d rejected (%.0f frames/s, %d threads)", file_scan.path,
              merged.counters.processed, merged.counters.n_rejected, rate, len(threads))
-    missing = missing_per_angle(merged.included, scan.n_angles)
+    missing = merged.missing_per_angle()
     return FileResult(maps, merged, Path(out) if out is not None else None, rate,
                       merged.complete, missing, error is None, error)
 
@@ -158,7 +158,7 @@ def _work(file_scan: FileScan, processor: ScanProcessor, blocks: queue.Queue,
 
 def _attrs(file_scan: FileScan, p: ScanProcessor) -> dict:
     complete = bool(p.included.all())
-    missing = missing_per_angle(p.included, file_scan.scan.n_angles)
+    missing = p.missing_per_angle()
     return {"status": "complete" if complete else "incomplete", "source": str(file_scan.path),
             "source_kind": file_scan.kind, "frames_received": p.counters.received,
             "frames_processed": p.counters.processed, "frames_rejected": p.counters.n_rejected,

@@ -27,12 +27,6 @@ def format_status(status: LiveStatus) -> str:
                if status.internal_errors else ""))
 
 
-def missing_per_angle(included: np.ndarray, n_angles: int) -> np.ndarray:
-    """Frames not in the sums, per rocking angle (frame index = angle * n_points + point)."""
-    included = np.asarray(included, bool)
-    return (~included).reshape(n_angles, -1).sum(axis=1).astype(np.int64)
-
-
 def format_missing(missing: np.ndarray, limit: int = 8) -> str:
     """``"37 frames missing (rocking angle 4: 30, 9: 7)"``: the angles with frames missing,
     the first ``limit`` of them."""

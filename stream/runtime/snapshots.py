@@ -39,7 +39,7 @@ from sxdm_stream.analysis.scan_analysis import ScanAnalysis, analyse
 from sxdm_stream.messages import SeriesStart
 from sxdm_stream.pipeline.join import correlation_id_of
 from sxdm_stream.pipeline.scan_processor import ScanProcessor
-from sxdm_stream.runtime.report import analysis_arrays, analysis_header, missing_per_angle
+from sxdm_stream.runtime.report import analysis_arrays, analysis_header
 from sxdm_stream.runtime.settings import Config
 from sxdm_stream.sinks.publish import SnapshotPublisher, encode_operando_record, encode_snapshot
 
@@ -91,7 +91,7 @@ class Snapshots:
                            drift=self._drift_for(p, series_index, final))
         if self.publisher is not None:
             self.seq += 1
-            missing = missing_per_angle(p.included, p.setup.scan.n_angles)
+            missing = p.missing_per_angle()
             info = {"seq": self.seq, "series_id": series.series_id,
                     "series_unique_id": series.series_unique_id, "complete": final,
                     "status": status, "frames_missing": int(missing.sum()),

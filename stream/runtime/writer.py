@@ -55,7 +55,7 @@ from sxdm_stream.messages import SeriesStart
 from sxdm_stream.pipeline.join import correlation_id_of
 from sxdm_stream.pipeline.scan_processor import ScanProcessor
 from sxdm_stream.runtime.queues import BoundedQueue
-from sxdm_stream.runtime.report import format_missing, missing_per_angle
+from sxdm_stream.runtime.report import format_missing
 from sxdm_stream.runtime.settings import Config
 from sxdm_stream.runtime.supervisor import InternalErrors
 from sxdm_stream.sinks.checkpoint import checkpoint_path, write_checkpoint
@@ -276,7 +276,7 @@ class ResultsWriter:
         if path is None:
             return
         status = "complete" if job.complete else ("incomplete" if job.last else "running")
-        missing = missing_per_angle(p.included, p.setup.scan.n_angles)
+        missing = p.missing_per_angle()
         attrs = {"status": status, "series_id": series.series_id,
                  "series_unique_id": series.series_unique_id or "",
                  "series_ended": bool(job.ended),
@@ -328,7 +328,7 @@ class ResultsWriter:
                        error: str | None) -> SeriesResult:
         """Hand the finished series to :attr:`on_result`."""
         p, series = job.processor, job.series
-        missing = missing_per_angle(p.included, p.setup.scan.n_angles)
+        missing = p.missing_per_angle()
         frames = {"received": p.counters.received, "processed": p.counters.processed,
                   "rejected": p.counters.n_rejected, "dropped": job.dropped,
                   "missing": int(missing.sum())}
