@@ -4,7 +4,7 @@ A clean simulated scan (the tests' small scenario: 12 x 12 map, 15 rocking angle
 frames of 516 x 516 uint32, stream v2 bslz4 with measured positions) goes to a real
 :class:`sxdm_stream.runtime.processor.LiveProcessor` over a PUSH socket on loopback, interleaved with
 ``--messages`` hostile ones made by the mutation families of
-:mod:`sxdm_stream.simulators.hostile`, shared with ``tests/test_fuzz.py`` (flips,
+:mod:`sxdm_stream.simulators.hostile`, shared with ``tests/sources/test_fuzz.py`` (flips,
 truncation, parts, fields, arrays, 256 MiB bombs, nesting, junk, and attacks on the running
 series), plus a hostile pixel request on the processor's REP service every ``--pixel-every``
 messages. A clean run of the same scan through the same path comes first: its maps are the

@@ -12,7 +12,7 @@ Modules, one concern each:
   (:func:`hostile_pixel_request`), and :class:`LiveFeed`, which sends them over its sockets and
   stops waiting as soon as one of the processor's threads died.
 
-Every mutation draws from a :class:`random.Random` handed in: ``tests/test_fuzz.py`` gets one
+Every mutation draws from a :class:`random.Random` handed in: ``tests/sources/test_fuzz.py`` gets one
 from hypothesis, which shrinks a failure to its smallest description (each :class:`Hostile`
 says what was done), ``benchmarks/bench_fuzz.py`` a seeded one for long runs. Import the names
 below from here (``from sxdm_stream.simulators.hostile import Corpus``).

@@ -13,7 +13,7 @@ import lz4.block
 import numpy as np
 import pytest
 from cbor2 import CBORTag
-from test_live import TIMEOUT, raw_pusher, wait_until
+from conftest import TIMEOUT, raw_pusher, wait_until
 
 import sxdm_stream.sources.dectris.codec as dectris
 from sxdm_stream.config import Config

@@ -52,7 +52,7 @@ from sxdm_stream.sources.dectris.codec import (Decoder, encode_end_v2, encode_im
                                                encode_start_v2)
 from sxdm_stream.sources.dectris.sender import positions_user_data
 
-from test_live import TIMEOUT, raw_pusher
+from conftest import TIMEOUT, raw_pusher
 
 #: what decoding one message may allocate (tracemalloc peak): a frame here is 516 x 516 u32
 #: (1 MiB); the bombs declare 256 MiB, the size that raised the processor's RSS in issue 11

@@ -3,25 +3,22 @@ live path and processed directly, they give the same maps, those of the simulati
 
 from __future__ import annotations
 
-import threading
 
 import h5py
 import numpy as np
 import pytest
+from conftest import replay_live
 
 from sxdm_stream.cli.main import main
 from sxdm_stream.errors import ConfigError, IncompatibleFileError
 from sxdm_stream.runtime.process_file import process_file_scan
-from sxdm_stream.runtime.processor import LiveProcessor
 from sxdm_stream.simulators.files import write_id01_scan_set, write_xsocs_master
 from sxdm_stream.simulators.validation import accuracy_report
 from sxdm_stream.sinks.results import read_maps
-from sxdm_stream.sources.dectris.sender import StreamSender
 from sxdm_stream.sources.files.filescan import GeometryOverrides
 from sxdm_stream.sources.files.open import SourceOptions, open_source
-from sxdm_stream.sources.recordings.replay import replay_file_scan
 
-TIMEOUT = 120
+
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +35,6 @@ def overrides_for(scenario, kind: str) -> GeometryOverrides:
     if kind == "id01":
         return GeometryOverrides(roi=det.roi)
     return GeometryOverrides(roi=det.roi, mask=det.mask, distance_m=det.distance_m)
-
-
-def replay_live(file_scan, out, fmt="cbor"):
-    sender = StreamSender("tcp://127.0.0.1:*", fmt=fmt)
-    with LiveProcessor(sender.endpoint, out=out, max_series=1) as live:
-        thread = threading.Thread(target=replay_file_scan, args=(file_scan, sender), daemon=True)
-        thread.start()
-        assert live.wait(TIMEOUT)
-    thread.join(TIMEOUT)
-    sender.close()
-    return live
 
 
 @pytest.mark.parametrize("kind", ["id01", "xsocs"])

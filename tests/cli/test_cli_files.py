@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port, wait_until
 
 from sxdm_stream.cli.main import main
 from sxdm_stream.sinks.results import read_maps
@@ -55,19 +54,10 @@ def finished(proc: subprocess.Popen, log: Path) -> None:
     assert proc.wait(TIMEOUT) == 0, f"{proc.args[3]} exited {proc.returncode}:\n{log.read_text()}"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for_text(log: Path, text: str, proc: subprocess.Popen) -> None:
     """Wait (up to TIMEOUT) until ``text`` appears in the log of a running ``proc``."""
-    deadline = time.monotonic() + TIMEOUT
-    while text not in log.read_text():
-        assert proc.poll() is None, f"exited {proc.returncode} first:\n{log.read_text()}"
-        assert time.monotonic() < deadline, f"{text!r} never logged:\n{log.read_text()}"
-        time.sleep(0.1)
+    wait_until(lambda: text in log.read_text() or proc.poll() is not None, TIMEOUT)
+    assert text in log.read_text(), f"exited {proc.returncode} first:\n{log.read_text()}"
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from test_file_sources import replay_live
+from conftest import replay_live
 
 from sxdm_stream.cli.main import main
 from sxdm_stream.errors import ConfigError, IncompatibleFileError

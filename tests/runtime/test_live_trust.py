@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import zmq
 from conftest import process_scenario
-from test_live import raw_pusher, send_in_thread, wait_until
+from conftest import raw_pusher, send_in_thread, wait_until
 
 from sxdm_stream.cli.main import main
 from sxdm_stream.cli.signals import InterruptOnSignals

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import free_port, wait_until
 
 pytest.importorskip("bluesky")
 pytest.importorskip("msgpack_numpy")
@@ -27,12 +27,6 @@ from sxdm_stream.plugins.bluesky.remote import (msgpack_dumps, msgpack_loads,  #
                                                 serializer_pair)
 from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings  # noqa: E402
 from sxdm_stream.simulators.validation import accuracy_report  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def proxy_command() -> list[str]:
@@ -172,10 +166,7 @@ def test_process_cli_joins_detector_and_bluesky_and_emits_a_derived_run(
                     scan.shape[1], devices.eta, scan.rocking_angles,
                     geometry=small_scenario.geometry, fixed_angles=scan.fixed_angles))
         assert cli.wait(120) == 0, "".join(log_lines)
-        deadline = time.monotonic() + 20
-        while not any(name == "stop" for name, _ in derived_docs):
-            assert time.monotonic() < deadline, derived_docs
-            time.sleep(0.05)
+        wait_until(lambda: any(name == "stop" for name, _ in derived_docs), 20)
     finally:
         if cli.poll() is None:
             cli.kill()

@@ -101,7 +101,7 @@ def test_live_drift_correction_is_written_and_beats_the_uncorrected_maps(tmp_pat
     assert confident.sum() >= n_angles // 2
     error = np.abs(drift["shifts_px"] - truth_px)[confident]
     assert error.max() < 0.15, error
-    # the live maps are the offline drift correction of the same sums (tests/test_drift.py
+    # the live maps are the offline drift correction of the same sums (tests/analysis/test_drift.py
     # checks that correction against the core accuracy on the full-size scan)
     stored = stored_accumulator(tmp_path / "drift.h5", scenario)
     offline = analyse(stored, AnalysisSettings(drift=DriftSettings(mode="auto")), final=True)

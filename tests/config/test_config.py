@@ -28,7 +28,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
 def test_defaults_and_a_full_file(tmp_path):
@@ -210,8 +210,7 @@ def test_hold_join_and_checkpoint_keys_act_in_a_running_processor(tmp_path):
     """Frames whose positions never come: at most ``hold_frames`` wait, the rest are placed by
     index; the ended series waits ``join_timeout_s``; with ``checkpoints = false`` its
     incomplete results leave no checkpoint."""
-    from test_join import detector_start, plan_start
-    from test_live import wait_until
+    from conftest import detector_start, plan_start, wait_until
 
     from sxdm_stream.simulators.scenarios import default_scenario
     from sxdm_stream.sinks.checkpoint import checkpoint_path

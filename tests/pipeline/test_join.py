@@ -7,15 +7,14 @@ missed), and the maps are compared with the in-process reference that had the po
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
+from conftest import detector_start, plan_start, wait_until
 
 from sxdm_stream.config import Config
 from sxdm_stream.core.accumulate import ScanSetup
-from sxdm_stream.messages import (SXDM_KEY, ImageFrame, PlanEnd, PlanStart, PointPositions,
-                                  SeriesEnd, SeriesStart)
+from sxdm_stream.messages import ImageFrame, PlanEnd, PlanStart, PointPositions, SeriesEnd
 from sxdm_stream.pipeline.join import HeldFrames, PlanBook
 from sxdm_stream.pipeline.scan_processor import ScanProcessor
 from sxdm_stream.runtime.processor import LiveProcessor, LiveSettings
@@ -39,19 +38,6 @@ def measured_order(scenario):
         row, col = divmod(point, cols)
         order.append(angle * scan.n_points + (rows - 1 - row) * cols + col)
     return order
-
-
-def detector_start(scenario, correlation_id, series_id=1):
-    det = scenario.geometry.detector
-    return SeriesStart(series_id=series_id, series_unique_id=f"u{series_id}",
-                       image_shape=tuple(det.shape), pixel_mask=det.mask,
-                       user_data={SXDM_KEY: {"version": 1, "correlation_id": correlation_id}})
-
-
-def plan_start(scenario, correlation_id):
-    block = {"version": 1, "scan": scenario.scan.describe(),
-             "geometry": scenario.geometry.describe(), "correlation_id": correlation_id}
-    return PlanStart(correlation_id, f"run-{correlation_id}", block)
 
 
 def frames_and_positions(scenario, correlation_id, series_id=1):
@@ -154,10 +140,7 @@ def test_missed_run_start_rejects_that_series_and_keeps_the_next(scenario, refer
         for m in messages[:22]:
             live.submit(m)
         # the detector ended series 1; after the timeout it is given up
-        deadline = time.monotonic() + 10
-        while live.status().rejected.get("no_scan_description", 0) < 20:
-            assert time.monotonic() < deadline, live.status()
-            time.sleep(0.05)
+        wait_until(lambda: live.status().rejected.get("no_scan_description", 0) >= 20, 10)
         for m in messages[22:]:
             live.submit(m)
         assert live.wait(30)
@@ -175,10 +158,7 @@ def test_positions_for_an_unknown_run_are_counted(scenario):
     try:
         live.submit(PointPositions("nobody", 0, {"piy": 0.0, "pix": 0.0}))
         live.submit(PointPositions("nobody", 1, {"piy": 0.0, "pix": 0.0}))
-        deadline = time.monotonic() + 10
-        while live.status().rejected.get("unknown_run", 0) < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until(lambda: live.status().rejected.get("unknown_run", 0) >= 2, 10)
     finally:
         live.stop()
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import numpy as np
 import pytest
 import zmq
+from conftest import TIMEOUT, raw_pusher, send_in_thread, wait_until
 
 from sxdm_stream.config import Config
 from sxdm_stream.messages import SXDM_KEY, ImageFrame, SeriesEnd
@@ -19,27 +17,13 @@ from sxdm_stream.sinks.publish import SnapshotSubscriber, decode_pixel_reply, en
 from sxdm_stream.sinks.results import read_maps
 from sxdm_stream.sources.dectris.codec import encode_end_v2, encode_image_v2, encode_start_v2
 
-TIMEOUT = 120
+
 
 
 @pytest.fixture
 def reference(small_processed):
     """The maps of the small scenario, accumulated in-process (no sockets)."""
     return small_processed
-
-
-def wait_until(condition, timeout: float = TIMEOUT) -> None:
-    """Poll ``condition`` until true; fail after ``timeout`` seconds."""
-    event, deadline = threading.Event(), time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        event.wait(0.02)
-
-
-def send_in_thread(detector: SimulatedDetector, **kwargs) -> threading.Thread:
-    t = threading.Thread(target=detector.send_series, kwargs=kwargs, daemon=True)
-    t.start()
-    return t
 
 
 def assert_same_sums(processor: ScanProcessor, reference: ScanProcessor) -> None:
@@ -119,14 +103,6 @@ def test_pixel_requests_return_the_histogram_of_a_map_pixel(small_scenario, refe
     np.testing.assert_array_equal(reply.arrays["histogram"], hist)
     np.testing.assert_allclose(reply.arrays["rocking_curve"], reference.accumulator.moments[:, point, 0])
     assert reply.header["point"] == point
-
-
-def raw_pusher():
-    ctx = zmq.Context.instance()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 1000)
-    push.bind("tcp://127.0.0.1:*")
-    return push, push.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
 def test_bad_input_is_counted_by_reason_and_the_scan_still_completes(small_scenario, reference,
