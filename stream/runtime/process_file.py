@@ -31,7 +31,7 @@ from sxdm_stream.core.maps import MapSet
 from sxdm_stream.errors import BadMessageError, SxdmError
 from sxdm_stream.pipeline.scan_processor import ScanProcessor
 from sxdm_stream.runtime.processor import LiveProcessor
-from sxdm_stream.runtime.report import format_missing
+from sxdm_stream.runtime.report import describe_outcome
 from sxdm_stream.sinks.paths import check_output
 from sxdm_stream.sinks.results import write_results
 from sxdm_stream.sources.dectris.codec import Decoder
@@ -63,11 +63,7 @@ class FileResult:
 
     def describe(self) -> str:
         """One line: ``complete -> path`` or what is missing, or why nothing was written."""
-        state = "complete" if self.complete else "incomplete: " + (
-            format_missing(self.missing) if self.missing is not None else "frames missing")
-        where = ("" if self.path is None else f" -> {self.path}" if self.written
-                 else f", NOT WRITTEN to {self.path} ({self.write_error})")
-        return state + where
+        return describe_outcome(self)
 
 
 def process_file_scan(file_scan: FileScan, out: str | Path | None = None,

@@ -65,3 +65,14 @@ def analysis_arrays(analysis: ScanAnalysis) -> dict[str, np.ndarray]:
             value = values[field_name]
             arrays[f"roi.{name}.{field_name}"] = value.astype(np.uint8) if field_name == "mask" else value
     return arrays
+
+
+def describe_outcome(result) -> str:
+    """``complete -> path``, what is missing, or why nothing was written, of a result with
+    ``complete``, ``missing`` (frames per rocking angle or None), ``path``, ``written`` and
+    ``write_error`` (a live series' or a processed file's)."""
+    state = "complete" if result.complete else "incomplete: " + (
+        format_missing(result.missing) if result.missing is not None else "frames missing")
+    where = ("" if result.path is None else f" -> {result.path}" if result.written
+             else f", NOT WRITTEN to {result.path} ({result.write_error})")
+    return state + where

@@ -55,7 +55,7 @@ from sxdm_stream.messages import SeriesStart
 from sxdm_stream.pipeline.join import correlation_id_of
 from sxdm_stream.pipeline.scan_processor import ScanProcessor
 from sxdm_stream.runtime.queues import BoundedQueue
-from sxdm_stream.runtime.report import format_missing
+from sxdm_stream.runtime.report import describe_outcome
 from sxdm_stream.runtime.settings import Config
 from sxdm_stream.runtime.supervisor import InternalErrors
 from sxdm_stream.sinks.checkpoint import checkpoint_path, write_checkpoint
@@ -90,11 +90,7 @@ class SeriesResult:
 
     def describe(self) -> str:
         """One line: ``series 3 (uid): complete -> path`` or why not."""
-        state = "complete" if self.complete else "incomplete: " + (
-            format_missing(self.missing) if self.missing is not None else "frames missing")
-        where = ("" if self.path is None else f" -> {self.path}" if self.written
-                 else f", NOT WRITTEN to {self.path} ({self.write_error})")
-        return f"series {self.series_id} ({self.series_unique_id}): {state}{where}"
+        return f"series {self.series_id} ({self.series_unique_id}): {describe_outcome(self)}"
 
 
 @dataclass
