@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -68,11 +69,14 @@ def test_msgpack_round_trip_keeps_numpy_images():
         serializer_pair("json")
 
 
-def test_sxdm_map_through_the_0mq_proxy(proxy, small_scenario):
+@contextlib.contextmanager
+def run_engine_through_proxy(proxy, live, scenario):
+    """A RunEngine publishing through the real proxy to a RemoteListener feeding ``live``
+    (connected before it yields); everything is stopped and joined at the end.
+    Yields (RE, listener, listener thread)."""
     in_port, out_port = proxy
-    mask = small_scenario.geometry.detector.mask
-    live = LiveProcessor(None, settings=Config(live=LiveSettings(checkpoints=False)), max_series=1).start()
-    listener = RemoteListener(f"127.0.0.1:{out_port}", live, pixel_mask=mask)
+    listener = RemoteListener(f"127.0.0.1:{out_port}", live,
+                              pixel_mask=scenario.geometry.detector.mask)
     thread = threading.Thread(target=listener.run, name="test-dispatcher")
     thread.start()
     publisher = Publisher(f"127.0.0.1:{in_port}", serializer=msgpack_dumps)
@@ -81,13 +85,7 @@ def test_sxdm_map_through_the_0mq_proxy(proxy, small_scenario):
     try:
         wait_until_connected(publisher, listener)
         RE.subscribe(publisher)
-        scan = small_scenario.scan
-        devices = sim_sxdm_devices(small_scenario)
-        (r0, r1), (c0, c1) = scan.extents_um
-        RE(sxdm_map([devices.det], devices.piy, r0, r1, scan.shape[0], devices.pix, c0, c1,
-                    scan.shape[1], devices.eta, scan.rocking_angles,
-                    geometry=small_scenario.geometry, fixed_angles=scan.fixed_angles))
-        assert live.wait(60), live.status()
+        yield RE, listener, thread
     finally:
         listener.stop()
         thread.join(10)
@@ -96,6 +94,23 @@ def test_sxdm_map_through_the_0mq_proxy(proxy, small_scenario):
         loop.call_soon_threadsafe(loop.stop)
         RE._th.join(10)
         loop.close()
+
+
+def run_map(RE, scenario) -> None:
+    scan = scenario.scan
+    devices = sim_sxdm_devices(scenario)
+    (r0, r1), (c0, c1) = scan.extents_um
+    RE(sxdm_map([devices.det], devices.piy, r0, r1, scan.shape[0], devices.pix, c0, c1,
+                scan.shape[1], devices.eta, scan.rocking_angles,
+                geometry=scenario.geometry, fixed_angles=scan.fixed_angles))
+
+
+def test_sxdm_map_through_the_0mq_proxy(proxy, small_scenario):
+    scan = small_scenario.scan
+    live = LiveProcessor(None, settings=Config(live=LiveSettings(checkpoints=False)), max_series=1).start()
+    with run_engine_through_proxy(proxy, live, small_scenario) as (RE, listener, thread):
+        run_map(RE, small_scenario)
+        assert live.wait(60), live.status()
     assert not thread.is_alive()
     assert live.status().processed == scan.n_frames
     assert listener.callback.runs_seen == 1 and not listener.callback.rejected
@@ -206,37 +221,18 @@ def test_derived_runs_on_the_same_proxy_do_not_cut_the_next_run(proxy, small_sce
     both maps are complete."""
     from sxdm_stream.plugins.bluesky.derived import DerivedRunPublisher
 
-    in_port, out_port = proxy
-    mask = small_scenario.geometry.detector.mask
+    in_port, _ = proxy
+    scan = small_scenario.scan
     live = LiveProcessor(None, settings=Config(live=LiveSettings(checkpoints=False)), max_series=2).start()
     derived = DerivedRunPublisher(f"127.0.0.1:{in_port}")
     live.on_result(derived)
-    listener = RemoteListener(f"127.0.0.1:{out_port}", live, pixel_mask=mask)
-    thread = threading.Thread(target=listener.run, name="test-dispatcher")
-    thread.start()
-    publisher = Publisher(f"127.0.0.1:{in_port}", serializer=msgpack_dumps)
-    loop = asyncio.new_event_loop()
-    RE = RunEngine({}, loop=loop, context_managers=[])
     try:
-        wait_until_connected(publisher, listener)
-        RE.subscribe(publisher)
-        scan = small_scenario.scan
-        devices = sim_sxdm_devices(small_scenario)
-        (r0, r1), (c0, c1) = scan.extents_um
-        for _ in range(2):
-            RE(sxdm_map([devices.det], devices.piy, r0, r1, scan.shape[0], devices.pix, c0, c1,
-                        scan.shape[1], devices.eta, scan.rocking_angles,
-                        geometry=small_scenario.geometry, fixed_angles=scan.fixed_angles))
-        assert live.wait(60), live.status()
+        with run_engine_through_proxy(proxy, live, small_scenario) as (RE, listener, _thread):
+            for _ in range(2):
+                run_map(RE, small_scenario)
+            assert live.wait(60), live.status()
     finally:
-        listener.stop()
-        thread.join(10)
-        publisher.close()
-        live.stop()
         derived.close()
-        loop.call_soon_threadsafe(loop.stop)
-        RE._th.join(10)
-        loop.close()
     assert [r.complete for r in live.results] == [True, True]
     assert live.status().processed == 2 * scan.n_frames
     assert listener.callback.runs_seen == 2 and not listener.callback.rejected
