@@ -19,7 +19,10 @@ sums of :class:`sxdm_stream.core.accumulate.Accumulator`, on the whole detector 
 * ``moments``: histogram disabled (``histogram_bins=(0, 0, 0)``), ``Accumulator.add_frame``;
 * ``moments+hist``: moments and a (bins, bins, bins) q histogram per map pixel,
   ``Accumulator.add_frame``;
-* ``... batch``: the same through ``Accumulator.add_frames`` (one kernel call per stack of frames).
+* ``... batch``: the same through ``Accumulator.add_frames`` (one kernel call per stack of frames);
+* ``...+shells``: the same with ``--shells`` |Q| slices (``AccumulationSettings.q_shells``, the
+  phase analysis' moments); the line "q shells cost" after each table gives the time per frame
+  with shells over the time without, variant by variant, in the same run.
 
 Each with 1 and 2 threads. With 2 threads each ``threading.Thread`` adds its own share of the
 frames, sharded by map pixel (``point % n_threads``), so two threads never write the same map
@@ -84,14 +87,14 @@ def read_frame_offset_indexing(frame, r0, c0, h, w):
 
 
 # ---- the scan and the frames ------------------------------------------------------------------
-def make_setup(bins: int) -> ScanSetup:
+def make_setup(bins: int, shells: int = 0) -> ScanSetup:
     """Whole Maxipix 2x2 detector, 003 of LiNiO2 at 8.33 keV: 40 x 40 map, 31 rocking angles."""
     detector = Detector(shape=DETECTOR_SHAPE, pixel_size_m=55e-6, distance_m=0.6,
                         beam_center=(258, 258))
     scan = ScanDescription(shape=(40, 40), rocking_axis="eta",
                            rocking_angles=tuple(9.05 + np.linspace(-0.3, 0.3, 31)),
                            fixed_angles={"phi": 0.0, "nu": 0.0, "delta": 18.1})
-    settings = AccumulationSettings(histogram_bins=(bins, bins, bins))
+    settings = AccumulationSettings(histogram_bins=(bins, bins, bins), q_shells=shells)
     return ScanSetup(Geometry(detector, 8330.0), scan, settings)
 
 
@@ -213,7 +216,13 @@ VARIANTS = (  # (name, setup key, per-thread work)
     ("moments batch", "moments", add_shard_batched),
     ("moments+hist", "hist", add_shard),
     ("moments+hist batch", "hist", add_shard_batched),
+    ("moments+shells", "shells", add_shard),
+    ("moments+shells batch", "shells", add_shard_batched),
+    ("moments+hist+shells", "hist+shells", add_shard),
 )
+#: (with shells, without): the pairs whose time ratio is the cost of the q shells
+SHELL_PAIRS = (("moments+shells", "moments"), ("moments+shells batch", "moments batch"),
+               ("moments+hist+shells", "moments+hist"))
 
 
 def measure_density(frames, setups, n_frames, n_buffers, repeats, thread_counts) -> list[dict]:
@@ -270,6 +279,14 @@ def format_table(fraction: float, measured: float, rows: list[dict]) -> list[str
     return lines
 
 
+def format_shell_cost(rows: list[dict]) -> str:
+    """Time per frame with q shells over without, per variant pair and thread count."""
+    fps = {(r["variant"], r["threads"]): r["fps"] for r in rows}
+    parts = [f"{on} / {off} ({n} thr) {fps[off, n] / fps[on, n]:.3f}"
+             for on, off in SHELL_PAIRS for n in sorted({r["threads"] for r in rows})]
+    return "q shells cost (time ratio on/off): " + "; ".join(parts)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=2000, help="frames per timed pass")
@@ -279,6 +296,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--densities", type=float, nargs="+", default=[0.01, 0.05],
                         help="fractions of non-zero pixels")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--shells", type=int, default=64, help="q shells of the +shells variants")
     parser.add_argument("--quick", action="store_true",
                         help="500 frames, 1 repeat, 64 buffers: a smoke run")
     args = parser.parse_args(argv)
@@ -290,7 +308,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     t0 = time.perf_counter()
-    setups = {"moments": make_setup(0), "hist": make_setup(args.bins)}
+    setups = {"moments": make_setup(0), "hist": make_setup(args.bins),
+              "shells": make_setup(0, args.shells),
+              "hist+shells": make_setup(args.bins, args.shells)}
     hist = setups["hist"]
     hist_mib = hist.scan.n_points * hist.grid.n_bins * hist.histogram_dtype.itemsize / 2**20
     print("\n".join(describe_machine()))
@@ -305,7 +325,8 @@ def main(argv=None) -> None:
         warm_up(frames, setups)
         rows = measure_density(frames, setups, args.frames, args.buffers, args.repeats,
                                args.threads)
-        print("\n".join(["", *format_table(fraction, measured, rows)]), flush=True)
+        print("\n".join(["", *format_table(fraction, measured, rows), format_shell_cost(rows)]),
+              flush=True)
         del frames
     print(f"\n{describe_load()}; total {time.perf_counter() - t0:.0f} s")
     print("MB/s = frame bytes read per second; % ceil = frames/s over the read-only pass with the "

@@ -4,6 +4,11 @@ Live (default): the simulated detector runs in its own process (``sxdm-stream si
 sends the scan as a DECTRIS stream over loopback ZeroMQ; the live processor receives, decodes,
 accumulates and writes the results, exactly as at the beamline. In-process: frames go straight
 from the simulator into the accumulator (no sockets, the quickest check of the physics).
+
+Operando (:func:`run_operando_demo`, ``demo --operando N``): the simulated charge of
+:mod:`.operando` (N maps, drift between them, the H2-H3 transition, a particle appearing) sent
+the same way to a processor that follows the series: one results file per map, the operando
+series file, a PNG of the per-particle curves, and the figures against the truth.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ from sxdm_stream.core.maps import MapSet
 from sxdm_stream.messages import LiveStatus
 from sxdm_stream.pipeline.scan_processor import ScanProcessor
 from sxdm_stream.runtime.processor import LiveProcessor, format_status
-from sxdm_stream.sinks.overview import write_overview_png
+from sxdm_stream.sinks.overview import write_operando_png, write_overview_png
 from sxdm_stream.sinks.results import write_results
+from sxdm_stream.sinks.timeseries import read_operando
 
+from .operando import OperandoSeries
+from .operando_validation import operando_accuracy
 from .scenarios import Scenario, default_scenario
 from .validation import accuracy_report
 
@@ -97,6 +105,62 @@ def _run_live(config: Config, scenario: Scenario, results: Path, fmt: str):
         raise RuntimeError(processor.failure or "the live processor wrote no result")
     result = processor.results[-1]
     return result.maps, _frames_summary(processor.status())
+
+
+@dataclass
+class OperandoDemoResult:
+    accuracy: dict
+    frames: dict
+    series_path: Path
+    overview_path: Path
+    results_dir: Path
+
+
+#: q shells of the operando demo's processor (the phases need them)
+OPERANDO_DEMO_SHELLS = 64
+
+
+def run_operando_demo(config: Config, n_scans: int, shape: tuple[int, int] | None = None,
+                      n_angles: int | None = None, fmt: str = "cbor") -> OperandoDemoResult:
+    """Simulate an operando charge of ``n_scans`` maps in a detector process, follow it with
+    the live processor, and compare the series with the truth (see the module docstring)."""
+    out = Path(config.output.directory)
+    maps_dir = out / "operando_maps"
+    maps_dir.mkdir(parents=True, exist_ok=True)
+    series_path, overview = out / "operando_series.h5", out / "operando_overview.png"
+    if series_path.exists():
+        series_path.unlink()                      # the demo remakes its own outputs
+    if not config.accumulation.q_shells:
+        config = dataclasses.replace(config, accumulation=dataclasses.replace(
+            config.accumulation, q_shells=OPERANDO_DEMO_SHELLS))
+    simulated = OperandoSeries(n_scans, **{k: v for k, v in (("shape", shape), ("n_angles", n_angles))
+                                           if v is not None})
+    command = [sys.executable, "-m", "sxdm_stream.cli.main", "simulate", "--bind",
+               "tcp://127.0.0.1:*", "--format", fmt, "--operando", str(n_scans)]
+    command += ["--shape", *map(str, shape)] if shape else []
+    command += ["--angles", str(n_angles)] if n_angles else []
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        endpoint = _read_endpoint(child)
+        log.info("simulated detector (pid %d) streaming %d operando maps on %s", child.pid,
+                 n_scans, endpoint)
+        processor = LiveProcessor(endpoint, out=maps_dir / "map.h5", settings=config,
+                                  max_series=n_scans, overwrite=True, operando=series_path)
+        with processor:
+            while not processor.wait(5.0):
+                if child.poll() not in (None, 0):
+                    raise RuntimeError(f"the simulated detector exited with {child.returncode}")
+                log.info("%s", format_status(processor.status()))
+    finally:
+        _end(child)
+    if processor.failure is not None or processor.status().completed < n_scans:
+        raise RuntimeError(processor.failure or f"the live processor completed "
+                                                f"{processor.status().completed} of {n_scans} maps")
+    series = read_operando(series_path)
+    truths = [dataclasses.replace(simulated.scan(k), scenario=None) for k in range(n_scans)]
+    write_operando_png(overview, series, title=f"sxdm-stream operando demo: {n_scans} maps")
+    return OperandoDemoResult(operando_accuracy(series, truths, simulated.appears_at),
+                              _frames_summary(processor.status()), series_path, overview, maps_dir)
 
 
 def _read_endpoint(child: subprocess.Popen) -> str:

@@ -42,9 +42,16 @@ class GroundTruth:
     q: np.ndarray           # (rows, cols, 3) peak centre, 1/A (NaN off the particles)
     d_spacing: np.ndarray   # A
     particle: np.ndarray    # particle index, -1 = substrate (the last particle where several overlap)
-    #: (n_particles, rows, cols): each particle's own d (NaN off it) and expected counts
+    #: (n_particles, rows, cols): each particle's own d (NaN off it) and expected counts; the
+    #: d of a two-phase particle is that of the centre of mass of its phases' peaks
     particle_d_spacing: np.ndarray | None = None
     particle_intensity: np.ndarray | None = None
+    #: (n_components, rows, cols) expected counts and (n_components, rows, cols, 3) peak
+    #: centre (1/A) of every peak component (particle phase, see ``Sample.component_owners``)
+    component_intensity: np.ndarray | None = None
+    component_q: np.ndarray | None = None
+    #: (n_components, 2): (particle index, phase index) of each component
+    component_owner: np.ndarray | None = None
 
     def particle_mean_d(self, index: int, mask: np.ndarray | None = None) -> float:
         """Mean d (Angstrom) of particle ``index`` over its map pixels, or over ``mask`` & them."""
@@ -92,7 +99,7 @@ def _render_peak(out, kf, ki, rot, q0, precision, density, dvol, r_lo, r_hi, c_l
 def _render_frame(out, seed, kf, ki, rot, q0s, precisions, densities, dvol, boxes, phys_row,
                   phys_col, bg_rate, hot, hot_rate, dead):
     np.random.seed(seed)
-    for j in range(densities.shape[0]):     # one peak per particle at this map point
+    for j in range(densities.shape[0]):     # one peak per particle phase at this map point
         box = boxes[j]
         _render_peak(out, kf, ki, rot, q0s[j], precisions[j], densities[j], dvol, box[0],
                      box[1], box[2], box[3], phys_row, phys_col)
@@ -232,6 +239,18 @@ class ScanSimulator:
         p = self.sample.peaks(rows, cols)
         q = np.where((p["particle"] >= 0)[..., None], p["q"], np.nan)
         components = self.sample.components(rows, cols)
+        owners = np.array(self.sample.component_owners(), dtype=np.int64).reshape(-1, 2)
+        intensity = np.stack([c["intensity"] for c in components])
+        q_phase = np.stack([c["q"] for c in components])
+        particle_intensity, particle_d = [], []
+        for index in range(len(self.sample.particles)):
+            mine = owners[:, 0] == index
+            counts = intensity[mine].sum(axis=0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                com = np.einsum("kij,kijx->ijx", intensity[mine], q_phase[mine]) / counts[..., None]
+                d = 2 * np.pi / np.linalg.norm(com, axis=-1)
+            particle_intensity.append(counts)
+            particle_d.append(np.where(counts > 0, d, np.nan))
         return GroundTruth(p["intensity"], q, p["d_spacing"], p["particle"],
-                           np.stack([c["d_spacing"] for c in components]),
-                           np.stack([c["intensity"] for c in components]))
+                           np.stack(particle_d), np.stack(particle_intensity),
+                           intensity, q_phase, owners)

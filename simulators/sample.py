@@ -10,6 +10,12 @@ its own misorientation of the lattice planes, plus a gentle bending across the p
 Bragg peak of a map point is a 3D Gaussian in q centred on the local scattering vector, with
 separate widths along Q (radial: finite size and strain gradients) and across Q (transverse:
 mosaicity).
+
+A particle may hold two phases (a two-phase transition, such as LiNiO2's H2-H3 on charge):
+its second phase, of another d-spacing, lies beyond a planar front crossing the footprint,
+smoothed over ``front_width_um`` so that the map pixels on the front hold both. Each phase is
+a peak component of its own whose intensity is the particle's times the local phase fraction;
+a particle without a second phase is one component, as before.
 """
 
 from __future__ import annotations
@@ -53,6 +59,10 @@ class Particle:
     sigma_transverse: float = 1.5e-3
     counts: float = 2.0e5
     seed: int = 1
+    second_d_spacing_a: float | None = None
+    front_angle_deg: float = 0.0
+    front_position_um: float = 0.0
+    front_width_um: float = 0.4
 
     def local_frame(self, rows_um: np.ndarray, cols_um: np.ndarray):
         """Coordinates in the footprint's frame, scaled so the rim is at radius 1."""
@@ -73,8 +83,20 @@ class Particle:
         tilts = np.stack([magnitude * np.cos(direction), magnitude * np.sin(direction)], axis=1)
         return seeds, tilts
 
+    def second_phase_fraction(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Local fraction of the second phase at footprint-frame coordinates (u, v) (see
+        :meth:`local_frame`): a C1 smooth step across the front, exactly 0 and 1 away from it
+        (0 everywhere without a second phase)."""
+        if self.second_d_spacing_a is None:
+            return np.zeros(np.shape(u))
+        a = np.deg2rad(self.front_angle_deg)
+        along = np.cos(a) * u * self.semi_axes_um[0] + np.sin(a) * v * self.semi_axes_um[1]
+        s = np.clip((along - self.front_position_um) / self.front_width_um + 0.5, 0.0, 1.0)
+        return s * s * (3.0 - 2.0 * s)
+
     def fields(self, rows_um: np.ndarray, cols_um: np.ndarray) -> dict[str, np.ndarray]:
-        """Intensity (counts), d-spacing (A), tilt about x and y (deg) at the given positions."""
+        """Intensity (counts), d-spacing (A), tilt about x and y (deg) at the given positions,
+        and the local fraction of the second phase (``second_fraction``, 0 without one)."""
         u, v = self.local_frame(np.asarray(rows_um, float), np.asarray(cols_um, float))
         r2 = u * u + v * v
         thickness = np.sqrt(np.clip(1.0 - r2, 0.0, None))
@@ -91,6 +113,8 @@ class Particle:
             "tilt_x": tilt[..., 0],
             "tilt_y": tilt[..., 1],
             "domain": domain,
+            "second_fraction": self.second_phase_fraction(u, v),
+            "strain": strain,
         }
 
 
@@ -109,31 +133,46 @@ class Sample:
     particles: tuple[Particle, ...] = (Particle(),)
     plane_normal: tuple[float, float, float] = (0.0, 0.0, 1.0)
 
-    def components(self, rows_um: np.ndarray, cols_um: np.ndarray) -> list[dict[str, np.ndarray]]:
-        """The peak of every particle at positions (any shape S), one dict per particle.
+    def component_owners(self) -> list[tuple[int, int]]:
+        """(particle index, phase index) of each entry of :meth:`components`, in order: one
+        phase (0) per particle, two (0 then 1) for a particle with a second phase."""
+        return [(i, phase) for i, p in enumerate(self.particles)
+                for phase in range(1 if p.second_d_spacing_a is None else 2)]
 
-        Each dict holds ``intensity`` S (integrated counts, 0 off the particle), ``q`` S+(3,)
-        (1/A), ``precision`` S+(3, 3) (inverse covariance of the Gaussian peak, 1/A^-2),
-        ``d_spacing`` S (NaN off the particle), ``sigma_radial`` and ``sigma_transverse`` S.
+    def components(self, rows_um: np.ndarray, cols_um: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """The peak of every particle phase at positions (any shape S), one dict per entry of
+        :meth:`component_owners`.
+
+        Each dict holds ``intensity`` S (integrated counts, 0 off the particle or the phase),
+        ``q`` S+(3,) (1/A), ``precision`` S+(3, 3) (inverse covariance of the Gaussian peak,
+        1/A^-2), ``d_spacing`` S (NaN where the intensity is 0), ``sigma_radial`` and
+        ``sigma_transverse`` S.
         """
         rows_um = np.asarray(rows_um, float)
         normal = np.asarray(self.plane_normal, float)
         out = []
         for p in self.particles:
             f = p.fields(rows_um, cols_um)
-            inside = f["intensity"] > 0
             unit = tilted_normals(normal, np.stack([f["tilt_x"], f["tilt_y"]], -1))
-            q = (2 * np.pi / f["d_spacing"])[..., None] * unit
             outer = unit[..., :, None] * unit[..., None, :]
             precision = outer / p.sigma_radial ** 2 + (np.eye(3) - outer) / p.sigma_transverse ** 2
-            out.append({"intensity": f["intensity"], "q": q, "precision": precision,
-                        "d_spacing": np.where(inside, f["d_spacing"], np.nan),
-                        "sigma_radial": np.full(rows_um.shape, p.sigma_radial),
-                        "sigma_transverse": np.full(rows_um.shape, p.sigma_transverse)})
+            if p.second_d_spacing_a is None:
+                phases = [(f["intensity"], f["d_spacing"])]
+            else:   # both phases share the particle's strain field and tilts
+                second = f["second_fraction"]
+                phases = [(f["intensity"] * (1.0 - second), f["d_spacing"]),
+                          (f["intensity"] * second, p.second_d_spacing_a * (1.0 + f["strain"]))]
+            for intensity, d in phases:
+                out.append({"intensity": intensity, "q": (2 * np.pi / d)[..., None] * unit,
+                            "precision": precision,
+                            "d_spacing": np.where(intensity > 0, d, np.nan),
+                            "sigma_radial": np.full(rows_um.shape, p.sigma_radial),
+                            "sigma_transverse": np.full(rows_um.shape, p.sigma_transverse)})
         return out
 
     def peaks(self, rows_um: np.ndarray, cols_um: np.ndarray) -> dict[str, np.ndarray]:
-        """Peak parameters at positions (any shape S): those of the last particle there.
+        """Peak parameters at positions (any shape S): those of the last particle there (of
+        its phase with the most counts there; the intensity is that of all its phases).
 
         Returns ``intensity`` S (integrated counts, 0 off the particles), ``q`` S+(3,) (1/A),
         ``precision`` S+(3, 3) (inverse covariance of the Gaussian peak, 1/A^-2),
@@ -146,10 +185,19 @@ class Sample:
                  "precision": np.broadcast_to(np.eye(3), shape + (3, 3)).copy(),
                  "d_spacing": np.full(shape, np.nan), "particle": np.full(shape, -1),
                  "sigma_radial": np.ones(shape), "sigma_transverse": np.ones(shape)}
-        for index, component in enumerate(self.components(rows_um, cols_um)):
-            inside = component["intensity"] > 0
-            for name, value in component.items():
-                peaks[name][inside] = value[inside]
+        components = self.components(rows_um, cols_um)
+        owners = [owner for owner, _phase in self.component_owners()]
+        for index in range(len(self.particles)):
+            mine = [c for c, owner in zip(components, owners) if owner == index]
+            intensities = np.stack([c["intensity"] for c in mine])
+            total = intensities.sum(axis=0)
+            inside = total > 0
+            dominant = np.argmax(intensities, axis=0)
+            for phase, component in enumerate(mine):
+                here = inside & (dominant == phase)
+                for name, value in component.items():
+                    peaks[name][here] = value[here]
+            peaks["intensity"][inside] = total[inside]
             peaks["particle"][inside] = index
         return peaks
 

@@ -49,19 +49,27 @@ def default_scenario(
     background_rate: float = 2e-5,
     drift_um_per_angle: tuple[float, float] = (0.0, 0.0),
     seed: int = 0,
+    bragg_d_a: float | None = None,
+    roi_half_rows: int | None = None,
 ) -> Scenario:
     """The default LiNiO2 003 experiment, with every knob a beamline scientist would turn.
 
     The particle is scaled to the map so a smaller map still shows the whole particle.
     ``drift_um_per_angle`` moves the sample by (row, col) micrometres per rocking step.
+    ``bragg_d_a`` is the d-spacing (Angstrom) on whose Bragg angle the detector arm (delta =
+    2 theta) and the rocking angles are centred (None: LiNiO2 003). The processing ROI spans
+    ``roi_half_size`` pixels either side of the beam centre, or ``roi_half_rows`` along the
+    detector rows where given: in this geometry the rows run along 2 theta, so a wider ROI
+    there holds peaks of different d at once.
     """
     if detector not in DETECTOR_MODELS:
         raise ValueError(f"detector {detector!r} is not one of {sorted(DETECTOR_MODELS)}")
-    theta = bragg_angle_deg(LINIO2_003_D, energy_ev)
+    theta = bragg_angle_deg(LINIO2_003_D if bragg_d_a is None else bragg_d_a, energy_ev)
     model: DetectorModel = DETECTOR_MODELS[detector]()
     det = model.detector
     c_row, c_col = (int(round(c)) for c in det.beam_center)
-    roi = (max(c_row - roi_half_size, 0), min(c_row + roi_half_size, det.shape[0]),
+    half_rows = roi_half_size if roi_half_rows is None else roi_half_rows
+    roi = (max(c_row - half_rows, 0), min(c_row + half_rows, det.shape[0]),
            max(c_col - roi_half_size, 0), min(c_col + roi_half_size, det.shape[1]))
     processing_det = Detector(det.shape, det.pixel_size_m, det.distance_m, det.beam_center,
                               roi=roi, mask=det.mask, name=det.name)

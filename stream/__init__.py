@@ -58,7 +58,8 @@ _PUBLIC = {
     "read_roi_maps": "sinks.results_analysis", "read_roi_suggestion": "sinks.results_analysis",
     "Snapshot": "sinks.publish", "SnapshotSubscriber": "sinks.publish",
     "PixelReply": "sinks.publish", "encode_pixel_request": "sinks.publish",
-    "decode_pixel_reply": "sinks.publish",
+    "decode_pixel_reply": "sinks.publish", "OPERANDO_TOPIC": "sinks.publish",
+    "decode_operando_record": "sinks.publish", "encode_operando_record": "sinks.publish",
     # errors a user can act on
     "SxdmError": "errors", "ConfigError": "errors", "BadMessageError": "errors",
     "BadFrameError": "errors", "IncompatibleFileError": "errors",

@@ -98,6 +98,16 @@ def plan_start(scenario, correlation_id):
     return PlanStart(correlation_id, f"run-{correlation_id}", block)
 
 
+@pytest.fixture
+def publisher():
+    """A snapshot publisher bound to a free loopback port (what a processor publishes on)."""
+    from sxdm_stream.sinks.publish import SnapshotPublisher
+
+    pub = SnapshotPublisher("tcp://127.0.0.1:*")
+    yield pub
+    pub.close()
+
+
 @pytest.fixture(scope="session")
 def default_scan() -> ProcessedScan:
     """The default LiNiO2 003 scan (40x40 map, 31 rocking angles, Maxipix), fully processed."""

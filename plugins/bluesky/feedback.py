@@ -13,6 +13,17 @@ Signals (computed over the intensity mask):
 * ``peak_found``: True when the rocking curve (intensity summed over the masked map, per
   rocking angle) falls below ``tail_fraction`` of its maximum at both ends of the range;
 * ``peak_position``: centre of mass of that rocking curve, degrees.
+
+and, from the run's operando record (:attr:`LiveProcessor.last_record`: the particles tracked
+through the series, their phases, the alarms of the ``[alarms]`` thresholds):
+
+* ``alarms``: number of alarms the map raised (0: nothing changed faster than expected);
+* ``alarm_rules``: their rules, comma-separated (``fraction_crossed,disappeared``...);
+* ``alarm_particles``: the particle ids they concern, comma-separated;
+* ``n_particles``: particles in the map;
+* ``max_phase_fraction``: the largest fraction any particle holds of a phase other than the
+  map's first (highest d): how far the most advanced particle has transformed, 0 to 1;
+* ``mixed_pixels``: map pixels whose single centre of mass averages two phases.
 """
 
 from __future__ import annotations
@@ -51,6 +62,24 @@ def summarize_maps(maps: MapSet, rocking_angles, tail_fraction: float = 0.1) -> 
     }
 
 
+def summarize_record(record, uid: str | None) -> dict:
+    """The operando values of the record of run ``uid`` (see the module docstring); the
+    neutral values when the processor made no record for that run."""
+    if record is None or record.series_unique_id != uid:
+        return {"alarms": 0, "alarm_rules": "", "alarm_particles": "", "n_particles": 0,
+                "max_phase_fraction": float("nan"), "mixed_pixels": 0}
+    first = max(record.phases, key=lambda p: p["d_a"])["phase_id"] if record.phases else None
+    fractions = [p["fraction"] for p in record.particle_phases
+                 if p["phase_id"] != first and np.isfinite(p["fraction"])]
+    return {"alarms": len(record.alarms),
+            "alarm_rules": ",".join(sorted({a.rule for a in record.alarms})),
+            "alarm_particles": ",".join(str(i) for i in sorted(
+                {a.particle_id for a in record.alarms if a.particle_id is not None})),
+            "n_particles": 0 if record.particles is None else len(record.particles),
+            "max_phase_fraction": float(max(fractions)) if fractions else 0.0,
+            "mixed_pixels": int(record.mixed_pixels)}
+
+
 class LiveFeedback(Device):
     """Readable summary of the live maps of the latest SXDM run.
 
@@ -67,6 +96,12 @@ class LiveFeedback(Device):
     max_tilt = Cpt(Signal, value=float("nan"), kind="hinted")
     peak_found = Cpt(Signal, value=False, kind="hinted")
     peak_position = Cpt(Signal, value=float("nan"), kind="hinted")
+    alarms = Cpt(Signal, value=0, kind="hinted")
+    alarm_rules = Cpt(Signal, value="", kind="normal")
+    alarm_particles = Cpt(Signal, value="", kind="normal")
+    n_particles = Cpt(Signal, value=0, kind="normal")
+    max_phase_fraction = Cpt(Signal, value=float("nan"), kind="hinted")
+    mixed_pixels = Cpt(Signal, value=0, kind="normal")
 
     def __init__(self, live, callback, *, tail_fraction: float = 0.1, timeout: float = 60.0,
                  name: str = "sxdm_feedback", **kwargs) -> None:
@@ -85,6 +120,7 @@ class LiveFeedback(Device):
             return status
         values = summarize_maps(result.maps, self.callback.last_scan.rocking_angles,
                                 self.tail_fraction)
+        values.update(summarize_record(self.live.last_record, uid))
         for key, value in values.items():
             getattr(self, key).put(value)
         log.info("live feedback of run %s: %s", uid, values)

@@ -136,3 +136,49 @@ def widen_rocking_range(angles: Sequence[float], grow: float, centre: float | No
         centre = 0.5 * (first + last)
     half_steps = int(np.ceil(0.5 * grow * (len(angles) - 1)))
     return [centre + k * step for k in range(-half_steps, half_steps + 1)]
+
+
+def sxdm_operando_maps(detectors, slow_motor, slow_start, slow_stop, slow_num, fast_motor,
+                       fast_start, fast_stop, fast_num, rocking_motor, rocking_angles, *,
+                       geometry, feedback, max_maps: int,
+                       electrochemistry: Mapping[str, tuple] | None = None,
+                       stop_on: Sequence[str] = ("disappeared",),
+                       fixed_angles: Mapping[str, float] | None = None, md: dict | None = None):
+    """Map the same area again and again while a cell cycles, and stop on an alarm.
+
+    Before each map the ``electrochemistry`` signals are read and travel in the run's
+    ``sxdm.operando`` block (the processor's operando record and series file carry them);
+    after it the plan triggers ``feedback`` (a :class:`~.feedback.LiveFeedback`), whose
+    ``alarms`` and ``alarm_rules`` say what the ``[alarms]`` thresholds of the processor
+    raised for that map (a particle lost, a phase fraction crossed, a d that jumped...). The
+    series stops after the map that raised an alarm whose rule is in ``stop_on`` (all rules:
+    ``("*",)``), or after ``max_maps`` maps.
+
+    Parameters are those of :func:`sxdm_map`, plus ``feedback``, ``max_maps``,
+    ``electrochemistry`` ({channel: (readable signal, units)}, e.g.
+    ``{"voltage": (cell.voltage, "V")}``) and ``stop_on``.
+
+    Yields
+    ------
+    msg : bluesky messages. Returns (run uids, the alarm rules that stopped the series or "").
+    """
+    uids, stopped = [], ""
+    for k in range(int(max_maps)):
+        channels = {}
+        for name, (signal, units) in (electrochemistry or {}).items():
+            channels[name] = {"value": float((yield from bps.rd(signal))), "units": str(units)}
+        extra = dict(md or {})
+        block = {**(extra.pop("sxdm", None) or {}), "operando": channels}
+        uid = yield from sxdm_map(
+            detectors, slow_motor, slow_start, slow_stop, slow_num, fast_motor, fast_start,
+            fast_stop, fast_num, rocking_motor, rocking_angles, geometry=geometry,
+            fixed_angles=fixed_angles, md={**extra, "sxdm": block, "sxdm_operando_map": k})
+        uids.append(uid)
+        yield from bps.trigger(feedback, wait=True)
+        rules = (yield from bps.rd(feedback.alarm_rules)) or ""
+        hit = sorted(r for r in rules.split(",") if r and ("*" in stop_on or r in stop_on))
+        if hit:
+            stopped = ",".join(hit)
+            log.warning("operando series stopped after map %d: alarm %s", k + 1, stopped)
+            break
+    return uids, stopped

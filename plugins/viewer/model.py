@@ -2,12 +2,21 @@
 reachable, the operando history and the selected map pixel, announced by Qt signals.
 
 No widgets here. Sources (the subscriber thread, a results file) hand snapshots to the window's
-refresh timer, which gives them to :meth:`ViewerModel.show_snapshots`; panels listen to the
-signals and redraw only what changed.
+refresh timer, which gives them to :meth:`ViewerModel.show_snapshots`, and operando records to
+:meth:`ViewerModel.add_operando_records`; panels listen to the signals and redraw only what
+changed.
+
+The operando history has two origins. A processor publishes one operando record per completed
+map (per particle and phase, with events and alarms): those are what the operando panel plots.
+A source without records (a results file, an older processor) still gives one
+:class:`OperandoPoint` per final snapshot, from the maps of its header; the panel plots those
+only as long as no record has arrived, since a processor that sends records sends both for
+every map. Both histories are bounded (:data:`MAX_OPERANDO`): memory stays flat over days.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import time
@@ -19,7 +28,12 @@ from PySide6.QtCore import QObject, Signal
 
 from sxdm_stream import MAP_FIELDS, LiveStatus, Snapshot, SnapshotHeader
 
+from .operando_history import OperandoEntry, parse_record
+
 log = logging.getLogger(__name__)
+
+#: completed maps kept for the operando plots (a map every few minutes: weeks of a run)
+MAX_OPERANDO = 10_000
 
 #: how the units of :data:`sxdm_stream.core.maps.MAP_FIELDS` are written on axes and colour bars
 UNIT_LABELS = {"angstrom": "Å", "1/angstrom": "Å⁻¹", "degree": "°", "microstrain": "µstrain",
@@ -160,8 +174,9 @@ class OperandoPoint:
     """What one completed map says about the particle, for plots against time.
 
     ``mean_d`` (angstrom) is the mean d-spacing over the mask, ``strain_spread`` (microstrain)
-    the standard deviation of the strain over the mask, ``max_tilt`` (degree) the largest tilt.
-    ``channels`` are the run's electrochemistry values, name -> (value, units).
+    the standard deviation of the strain over the mask, ``max_tilt`` and ``mean_tilt``
+    (degree) the largest and the mean tilt. ``channels`` are the run's electrochemistry
+    values, name -> (value, units).
     """
 
     time_s: float
@@ -170,6 +185,15 @@ class OperandoPoint:
     strain_spread: float
     max_tilt: float
     channels: dict[str, tuple[float, str]]
+    mean_tilt: float = math.nan
+
+    def as_entry(self) -> OperandoEntry:
+        """The point as an operando entry with the map's summary only (no particles)."""
+        return OperandoEntry(self.time_s, self.series_id if isinstance(self.series_id, int)
+                             else None,
+                             summary={"mean_d": self.mean_d, "strain_spread": self.strain_spread,
+                                      "max_tilt": self.max_tilt, "mean_tilt": self.mean_tilt},
+                             channels=dict(self.channels))
 
 
 def _finite(a: np.ndarray) -> np.ndarray:
@@ -206,6 +230,7 @@ def operando_point(state: MapState) -> OperandoPoint:
         strain_spread=float(strain.std()) if strain.size else math.nan,
         max_tilt=float(tilt.max()) if tilt.size else math.nan,
         channels=electrochemistry_channels(state.header),
+        mean_tilt=float(tilt.mean()) if tilt.size else math.nan,
     )
 
 
@@ -224,7 +249,10 @@ class ViewerModel(QObject):
     mapsChanged() : a newer snapshot replaced the maps (``state``).
     connectionChanged(str, str) : level (``ok``, ``idle``, ``stale``, ``lost``) and a message
         for the banner; emitted when either changes.
-    operandoAppended(object) : an :class:`OperandoPoint` for a newly completed map.
+    operandoAppended(object) : an :class:`OperandoPoint` for a newly completed map (from its
+        final snapshot).
+    operandoRecorded(object) : an :class:`~.operando_history.OperandoEntry` for a newly
+        received operando record.
     pixelSelected(int, int) : the map pixel (row, col) whose details are shown.
     mapSourceChanged(str) : the map panels show another q-ROI's maps (``ALL_Q``: all of q).
     particleSelected(object) : the particle label highlighted on the maps (None: none).
@@ -233,6 +261,7 @@ class ViewerModel(QObject):
     mapsChanged = Signal()
     connectionChanged = Signal(str, str)
     operandoAppended = Signal(object)
+    operandoRecorded = Signal(object)
     pixelSelected = Signal(int, int)
     mapSourceChanged = Signal(str)
     particleSelected = Signal(object)
@@ -244,7 +273,10 @@ class ViewerModel(QObject):
         self.stale_after_s = stale_after_s
         self.state: MapState | None = None
         self.updates = 0
-        self.operando: list[OperandoPoint] = []
+        self.operando: collections.deque[OperandoPoint] = collections.deque(maxlen=MAX_OPERANDO)
+        self.records: collections.deque[OperandoEntry] = collections.deque(maxlen=MAX_OPERANDO)
+        #: unix time of the first operando record (or point): time zero of the operando plots
+        self.operando_origin_s: float | None = None
         self.connection: tuple[str, str] = (IDLE, f"waiting for {source}")
         self.selected: tuple[int, int] | None = None
         self.map_source = ALL_Q
@@ -270,6 +302,8 @@ class ViewerModel(QObject):
                 self._completed.add(newest.series_key)
                 point = operando_point(newest)
                 self.operando.append(point)
+                if self.operando_origin_s is None:
+                    self.operando_origin_s = point.time_s
                 self.operandoAppended.emit(point)
         if newest is None:
             return
@@ -349,9 +383,33 @@ class ViewerModel(QObject):
             self.particle = label
             self.particleSelected.emit(label)
 
+    def add_operando_records(self, bodies: Iterable[Mapping]) -> None:
+        """Keep operando records (decoded JSON objects, oldest first); announce each one.
+
+        A record without a time is logged and skipped. Time zero is the first record's time.
+        """
+        for body in bodies:
+            try:
+                entry = parse_record(body)
+            except ValueError as exc:
+                log.warning("ignored an operando record: %s", exc)
+                continue
+            if not self.records:                  # records replace points, time zero too
+                self.operando_origin_s = entry.time_s
+            self.records.append(entry)
+            self.operandoRecorded.emit(entry)
+
+    def operando_entries(self) -> list[OperandoEntry]:
+        """What the operando plots show: the records, or the points while none came."""
+        if self.records:
+            return list(self.records)
+        return [point.as_entry() for point in self.operando]
+
     def reset_operando(self) -> None:
         """Forget the operando history (a new experiment)."""
         self.operando.clear()
+        self.records.clear()
+        self.operando_origin_s = None
         self._completed.clear()
 
 

@@ -3,7 +3,18 @@
 The thread never touches a widget. It decodes snapshots (:class:`SnapshotSubscriber`), puts
 them in a :class:`SnapshotMailbox` and emits :attr:`SnapshotFeed.arrived`; the window's refresh
 timer takes what is there at its own pace. A slow UI therefore skips intermediate snapshots,
-never queues them, and never loses a completed map (each one is an operando point).
+never queues them, and never loses a completed map (each one is an operando point). Operando
+records (``sxdm.operando``, one per completed map, on the same socket) are small and rare: the
+mailbox keeps every one until the UI takes it.
+
+Who owns what:
+
+=====================================  =================================================
+subscriber thread                      the SUB socket and its monitor; ``received``,
+                                       ``records_received``, ``bad_messages``
+either thread, under the mailbox lock  the newest snapshot, the final ones, the records
+UI thread                              everything the mailbox's ``take*`` hand over
+=====================================  =================================================
 
 Whether the processor can be reached comes from ZeroMQ itself: a socket monitor reports the
 connection going up and down, and ZMTP heartbeats detect a peer that vanished without closing
@@ -21,7 +32,8 @@ import zmq
 from PySide6.QtCore import QObject, Signal
 from zmq.utils.monitor import recv_monitor_message
 
-from sxdm_stream import BadMessageError, Snapshot, SnapshotSubscriber
+from sxdm_stream import (OPERANDO_TOPIC, BadMessageError, Snapshot, SnapshotSubscriber,
+                         decode_operando_record)
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +45,20 @@ _DOWN_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CL
 
 
 class SnapshotMailbox:
-    """The newest snapshot, plus every final one not yet taken (thread-safe).
+    """The newest snapshot, plus every final one and every operando record not yet taken
+    (thread-safe).
 
     Parameters
     ----------
     max_complete : final snapshots kept for a UI that does not take them (oldest dropped).
+    max_records : operando records kept for a UI that does not take them (oldest dropped).
     """
 
-    def __init__(self, max_complete: int = 64) -> None:
+    def __init__(self, max_complete: int = 64, max_records: int = 1024) -> None:
         self._lock = threading.Lock()
         self._latest: tuple[Snapshot, float] | None = None
         self._complete: collections.deque = collections.deque(maxlen=max_complete)
+        self._records: collections.deque = collections.deque(maxlen=max_records)
 
     def put(self, snapshot: Snapshot, received_s: float) -> None:
         """Keep ``snapshot`` (received at monotonic ``received_s``)."""
@@ -62,6 +77,18 @@ class SnapshotMailbox:
             self._latest = None
         return out
 
+    def put_record(self, record: dict) -> None:
+        """Keep an operando record (the decoded JSON object)."""
+        with self._lock:
+            self._records.append(record)
+
+    def take_records(self) -> list[dict]:
+        """The operando records not yet taken, oldest first."""
+        with self._lock:
+            out = list(self._records)
+            self._records.clear()
+        return out
+
 
 class SnapshotFeed(QObject):
     """Receives snapshots from a processor's PUB endpoint in a thread of its own.
@@ -73,7 +100,8 @@ class SnapshotFeed(QObject):
 
     Signals
     -------
-    arrived() : a snapshot is waiting in the mailbox (emitted from the subscriber thread).
+    arrived() : a snapshot or an operando record is waiting in the mailbox (emitted from the
+        subscriber thread).
     connectedChanged(bool) : the connection to the processor went up or down.
     """
 
@@ -87,6 +115,7 @@ class SnapshotFeed(QObject):
         self.mailbox = SnapshotMailbox()
         self.connected: bool | None = None
         self.received = 0
+        self.records_received = 0
         self.bad_messages = 0
         self._context = context or zmq.Context.instance()
         self._stop = threading.Event()
@@ -116,9 +145,14 @@ class SnapshotFeed(QObject):
         """What arrived since the last call (see :meth:`SnapshotMailbox.take`)."""
         return self.mailbox.take()
 
+    def take_records(self) -> list[dict]:
+        """Operando records that arrived since the last call, oldest first."""
+        return self.mailbox.take_records()
+
     # ---- the thread ---------------------------------------------------------------------------
     def _run(self) -> None:
         subscriber = SnapshotSubscriber(self.endpoint, self._context)
+        subscriber.socket.setsockopt(zmq.SUBSCRIBE, OPERANDO_TOPIC)
         monitor = _monitored(subscriber.socket, self.endpoint)
         poller = zmq.Poller()
         poller.register(subscriber.socket, zmq.POLLIN)
@@ -139,18 +173,23 @@ class SnapshotFeed(QObject):
 
     def _receive(self, subscriber: SnapshotSubscriber) -> None:
         try:
-            snapshot = subscriber.receive(timeout_ms=0)
+            parts = subscriber.socket.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        try:
+            if parts and bytes(parts[0]) == OPERANDO_TOPIC:
+                self.mailbox.put_record(decode_operando_record(parts))
+                self.records_received += 1
+            else:
+                self.mailbox.put(Snapshot.from_wire(parts), time.monotonic())
+                self.received += 1
         except BadMessageError as exc:
             self.bad_messages += 1
             if exc.reason not in self._reported:
                 self._reported.add(exc.reason)
-                log.warning("ignored a bad snapshot from %s: %s (further ones are only counted)",
+                log.warning("ignored a bad message from %s: %s (further ones are only counted)",
                             self.endpoint, exc)
             return
-        if snapshot is None:
-            return
-        self.received += 1
-        self.mailbox.put(snapshot, time.monotonic())
         self._set_connected(True)
         self.arrived.emit()
 

@@ -136,6 +136,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.model.pixelSelected.connect(self.maps.mark)
         self.model.mapSourceChanged.connect(self._map_source_changed)
         self.model.particleSelected.connect(self._highlight_particle)
+        self.operando.alarmsChanged.connect(self._show_operando_alarms)
         self.maps.pixelClicked.connect(self._pixel_clicked)
         self.maps.pixelHovered.connect(self._pixel_hovered)
 
@@ -166,6 +167,9 @@ class ViewerWindow(QtWidgets.QMainWindow):
         snapshots = self.source.take()
         if snapshots:
             self.model.show_snapshots(snapshots)
+        take_records = getattr(self.source, "take_records", None)   # a file sends none
+        if take_records is not None:
+            self.model.add_operando_records(take_records())
         self.model.check_connection(self.source.connected)
         self.status_panel.tick()
 
@@ -209,6 +213,14 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.maps.rescale()                             # other maps: their own colour range
         if self.model.state is not None:
             self._draw_maps()
+
+    def _show_operando_alarms(self, n: int) -> None:
+        """The operando tab says, in red, how many alarms wait to be acknowledged."""
+        index = self.tabs.indexOf(self.operando)
+        self.tabs.setTabText(index, f"Operando ⚠ {n}" if n else "Operando")
+        colour = QtGui.QColor("#d62728") if n else self.tabs.palette().color(
+            QtGui.QPalette.ColorRole.WindowText)
+        self.tabs.tabBar().setTabTextColor(index, colour)
 
     def _highlight_particle(self, label) -> None:
         state = self.model.state

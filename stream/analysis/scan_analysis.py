@@ -12,6 +12,10 @@ Order of the steps:
 2. maps (:func:`sxdm_stream.core.maps.derive_maps`) of the corrected moments;
 3. q-ROI maps (:func:`sxdm_stream.core.qroi.roi_maps`), each ROI with its own mask and d_ref;
 4. particles (:func:`sxdm_stream.analysis.particles.find_particles`) of the corrected maps;
+4b. phases (:func:`sxdm_stream.analysis.phases.analyse_phases`), when the accumulator keeps q
+   shells: per-phase d and fraction per map pixel and per particle, in the mask and with the
+   particle labels of the corrected maps (the shells themselves are per map pixel, not per
+   angle, so not drift-corrected);
 5. ``final`` only, when the q histogram is kept: the ROI suggestion from the summed
    histogram (:func:`sxdm_stream.analysis.roi_suggest.suggest_rois`) and, when asked for, the Gaussian
    fits of every masked pixel's projections (:func:`sxdm_stream.analysis.fits.fit_projections`). The
@@ -27,6 +31,7 @@ import numpy as np
 from sxdm_stream.analysis.drift import DriftEstimate, DriftSettings, drift_for_scan, shift_moments
 from sxdm_stream.analysis.fits import ProjectionFits, fit_projections
 from sxdm_stream.analysis.particles import ParticleSettings, ParticleTable, find_particles
+from sxdm_stream.analysis.phases import PhaseAnalysis, PhaseSettings, analyse_phases
 from sxdm_stream.analysis.roi_suggest import RoiSuggestion, suggest_rois
 from sxdm_stream.core.accumulate import Accumulator
 from sxdm_stream.core.maps import DEFAULT_MASK_FRACTION, MapSet, derive_maps
@@ -84,6 +89,7 @@ class AnalysisSettings:
     particles: ParticleSettings = field(default_factory=ParticleSettings)
     fits: FitSettings = field(default_factory=FitSettings)
     roi_suggestion: RoiSuggestionSettings = field(default_factory=RoiSuggestionSettings)
+    phases: PhaseSettings = field(default_factory=PhaseSettings)
 
 
 @dataclass(frozen=True)
@@ -97,11 +103,13 @@ class ScanAnalysis:
     roi_suggestion: RoiSuggestion | None = None
     fits: ProjectionFits | None = None
     rois: tuple = ()                  # the QRoi of each entry of roi_maps, in order
+    phases: PhaseAnalysis | None = None   # with q shells (and phases.enabled) only
 
 
 def analyse(accumulator: Accumulator, settings: AnalysisSettings | None = None,
             angles_done: int | None = None, final: bool = False,
-            drift: DriftEstimate | None = None) -> ScanAnalysis:
+            drift: DriftEstimate | None = None,
+            previous_phases: tuple[tuple[int, float], ...] | None = None) -> ScanAnalysis:
     """Derive everything from an accumulator's sums.
 
     Parameters
@@ -113,6 +121,8 @@ def analyse(accumulator: Accumulator, settings: AnalysisSettings | None = None,
     final : the scan is over: also the ROI suggestion and the fits.
     drift : a drift estimate already made for these sums (the live processor estimates once
         per finished rocking angle); None: estimated here as configured.
+    previous_phases : the previous scan's ``PhaseAnalysis.phase_list()`` ((phase_id, d)
+        pairs), so that a phase keeps its id across a series; None: ids from 0.
     """
     s = settings or AnalysisSettings()
     setup = accumulator.setup
@@ -132,10 +142,15 @@ def analyse(accumulator: Accumulator, settings: AnalysisSettings | None = None,
                        s.maps.d_ref_a)
               if roi_moments is not None else {})
     particles = find_particles(maps, scan, s.particles)
+    phases = None
+    if setup.shells is not None and s.phases.enabled:
+        phases = analyse_phases(accumulator.shell_moments, setup.shells, setup.q_ref, maps.mask,
+                                particles.labels, s.phases, previous_phases)
     suggestion = fits = None
     if final and setup.keep_histogram:
         if s.roi_suggestion.enabled:
             suggestion = suggest_rois(accumulator.histogram.sum(axis=0), setup.grid)
         if s.fits.enabled:
             fits = fit_projections(accumulator.histogram, setup.grid, points=maps.mask.ravel())
-    return ScanAnalysis(maps, estimate, by_roi, particles, suggestion, fits, tuple(rois))
+    return ScanAnalysis(maps, estimate, by_roi, particles, suggestion, fits, tuple(rois),
+                        phases)

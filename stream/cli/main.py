@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="feed frames directly, without the simulated detector and sockets")
     demo.add_argument("--format", choices=["cbor", "legacy"], default="cbor",
                       help="DECTRIS stream version 2 (cbor) or 1 (legacy)")
+    demo.add_argument("--operando", type=int, metavar="N",
+                      help="an operando charge of N maps instead (simulate --operando N), "
+                           "followed live: particles tracked through the drift, phases, "
+                           "alarms; writes OUT/operando_series.h5, OUT/operando_overview.png "
+                           "and one results file per map in OUT/operando_maps/, and prints "
+                           "the figures against the truth")
     demo.set_defaults(run=run_demo)
 
     sim = sub.add_parser("simulate", help="simulated detector: send scans as a DECTRIS stream")
@@ -55,9 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--series", type=int, default=1, help="number of scans to send")
     sim.add_argument("--no-positions", action="store_true", help="no positions in image user_data")
     sim.add_argument("--operando", type=int, metavar="N",
-                     help="send N scans of a simulated battery charge instead (two LiNiO2 "
-                          "particles whose d follows the charge; voltage, current and capacity "
-                          "in each start's sxdm block)")
+                     help="send N scans of a simulated battery charge instead "
+                          "(sxdm_stream.simulators.operando: LiNiO2 particles through the H2-H3 "
+                          "transition, with lag, a moving two-phase front, sample drift "
+                          "between maps and a particle appearing midway; voltage, current and "
+                          "capacity in each start's sxdm block). --shape, --angles, --counts "
+                          "and --seed apply (default a 24x28 map, 9 rocking angles)")
     sim.set_defaults(run=run_simulate)
 
     proc = sub.add_parser("process", help="live processor of a DECTRIS stream")
@@ -127,6 +136,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from sxdm_stream.simulators.demo import run_demo as demo  # the CLI is the top layer
     from sxdm_stream.simulators.validation import format_report
 
+    if args.operando:
+        return _run_operando_demo(args)
     try:
         with InterruptOnSignals():                # SIGTERM as Ctrl-C
             result = demo(config_from_args(args), live=not args.in_process, fmt=args.format)
@@ -141,6 +152,31 @@ def run_demo(args: argparse.Namespace) -> int:
           f"{result.maps.mask.size} pixels")
     print(format_report(result.accuracy))
     print(f"wrote {result.results_path} and {result.overview_path}")
+    return 0
+
+
+def _run_operando_demo(args: argparse.Namespace) -> int:
+    from sxdm_stream.cli.signals import InterruptOnSignals
+    from sxdm_stream.simulators.demo import run_operando_demo
+    from sxdm_stream.simulators.operando_validation import format_operando_report
+
+    if args.in_process:
+        raise ConfigError("demo --operando runs the simulated detector in its own process: "
+                          "leave out --in-process")
+    try:
+        with InterruptOnSignals():
+            result = run_operando_demo(config_from_args(args), args.operando,
+                                       shape=tuple(args.shape) if args.shape else None,
+                                       n_angles=args.angles, fmt=args.format)
+    except KeyboardInterrupt as exc:
+        print(f"sxdm-stream: interrupted ({exc or 'SIGINT'})", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    except RuntimeError as exc:
+        print(f"sxdm-stream: error: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    print(f"frames: {result.frames}")
+    print(format_operando_report(result.accuracy))
+    print(f"wrote {result.series_path}, {result.overview_path} and the maps in {result.results_dir}")
     return 0
 
 
@@ -174,9 +210,10 @@ def _simulated_scans(args, config, scenario):
         return
     from sxdm_stream.simulators.operando import operando_sequence
 
-    sim = config.simulation
-    for step in operando_sequence(args.operando, shape=sim.shape, n_angles=sim.n_angles,
-                                  counts=sim.counts, seed=sim.seed):
+    given = {"shape": tuple(args.shape) if args.shape else None, "n_angles": args.angles,
+             "counts": args.counts, "seed": args.seed}
+    for step in operando_sequence(args.operando, **{k: v for k, v in given.items()
+                                                    if v is not None}):
         yield step.index + 1, step.scenario, step.channels
 
 
@@ -197,6 +234,9 @@ def run_rois(args: argparse.Namespace) -> int:
     return 0
 
 
+#: |Q| slices per map pixel of an operando series whose configuration sets none
+OPERANDO_Q_SHELLS = 64
+
 #: exit statuses of ``process`` and ``process-file``
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
 
@@ -210,6 +250,12 @@ def run_process(args: argparse.Namespace) -> int:
     from sxdm_stream.runtime.processor import LiveProcessor, ScanOverride
 
     config = config_from_args(args)
+    if args.operando and not config.accumulation.q_shells:
+        # an operando series follows phases: they need the q shells (off by default)
+        config = dataclasses.replace(config, accumulation=dataclasses.replace(
+            config.accumulation, q_shells=OPERANDO_Q_SHELLS))
+        log.info("--operando: %d q shells per map pixel for the phases ([accumulation] "
+                 "q_shells)", OPERANDO_Q_SHELLS)
     override_ = None
     if args.scan_file:
         scan, geometry = load_scan_file(args.scan_file)

@@ -50,6 +50,8 @@ Every key, with its unit and default (docs/configuration.md says the same at mor
                                      # relative to this file (process --mask overrides it)
     # max_valid_counts = 1e6         # counts above are invalid: left out and counted (counts
                                      # of 2**bits - 1 always are; the detector's own limit too)
+    q_shells = 0                     # equal |Q| slices with exact moments per map pixel, for
+                                     # [phases] (0: off; 64 for operando phase transitions)
 
     [[accumulation.q_rois]]          # q-space ROIs (none by default), each with its own maps
     name = "peak0"                   # (`sxdm-stream rois RESULTS.h5` prints suggestions)
@@ -85,6 +87,45 @@ Every key, with its unit and default (docs/configuration.md says the same at mor
     [roi_suggestion]                 # q-ROIs suggested from the summed q histogram
     enabled = true                   # at the end of each scan
 
+    [phases]                         # phases along |Q| (analysis.phases; needs q_shells > 0)
+    enabled = true                   # per-phase d and fraction maps, mixed pixels, per particle
+    max_phases = 3                   # at most this many phases
+    min_fraction = 0.03              # a phase holds at least this fraction of the counts (of
+                                     # the masked map; of a pixel or particle for its d there)
+    mixed_fraction = 0.1             # mixed pixel: two phases each hold this fraction of it
+    min_separation = 3               # peaks closer than this many |Q| slices are one phase
+    min_spacing = 0.01               # peaks whose d differ less (relative) are one phase
+    prominence = 0.05                # a peak rises this fraction of the highest above its
+                                     # surroundings (of the smoothed |Q| profile)
+    smoothing = 1.0                  # Gaussian smoothing of the profile, sigma in slices
+    tail_fraction = 0.002            # a phase's slices end where the profile falls to this
+                                     # fraction of its peak above the background
+    continuity_tolerance = 0.01      # relative d change up to which a phase keeps its id
+                                     # from the previous scan of a series
+
+    [tracking]                       # particles followed through an operando series
+    outline_fraction = 0.5           # registered outline: map clipped at this fraction of its
+                                     # maximum intensity (0 to 1)
+    outline_blur_px = 1.0            # ... and blurred by this sigma, map pixels
+    reference_weight = 0.3           # weight of each new map in the running reference (0 to 1)
+    reference_margin_px = 16         # reference canvas margin beyond the first map, map pixels
+    min_correlation = 0.3            # a weaker match is a failed registration
+    max_shift_px = 8.0               # a bigger jump between two maps too (map pixels)
+    min_overlap_fraction = 0.2       # overlap (of the smaller region) linking two particles
+    ambiguous_overlap_ratio = 0.8    # overlaps this close are decided by d and tilt
+    d_scale_a = 0.001                # d difference weighing like ...
+    tilt_scale_deg = 0.02            # ... this tilt difference in the tie-break
+    memory_scans = 3                 # a lost particle keeps its id this many maps
+    return_distance_um = 0.5         # ... if it comes back this close (sample frame)
+
+    [alarms]                         # operando alarms, per map (analysis.alarms)
+    # d_change_a_per_scan = 0.005    # a particle's d of a phase changing more in one map, A
+    fraction_crossings = [0.5]       # a particle's phase fraction crossing one of these
+    # lag_fraction = 0.3             # a particle's phase fraction this far from the median
+    particle_disappears = true       # a particle the tracker loses
+    particle_appears = false         # a new particle
+    # drift_um_per_scan = 0.5        # the sample moving more between two maps, micrometres
+
     [live]                           # how the live processor runs (sxdm_stream.runtime)
     policy = "block"                 # frame queue full: "block" the detector or "drop" images
     frame_queue_messages = 256       # messages waiting for the worker, at most
@@ -107,6 +148,7 @@ reading and checking a file in :mod:`sxdm_stream.config.load`, the scan file of
 
 from sxdm_stream.analysis.drift import DriftSettings
 from sxdm_stream.analysis.particles import ParticleSettings
+from sxdm_stream.analysis.phases import PhaseSettings
 from sxdm_stream.analysis.scan_analysis import (AnalysisSettings, FitSettings, MapSettings,
                                                 RoiSuggestionSettings)
 from sxdm_stream.config.load import (CONFIG_VERSION, ConfigDeprecationWarning, check_version,
@@ -119,6 +161,7 @@ from sxdm_stream.core.accumulate import AccumulationSettings
 __all__ = [
     "CONFIG_VERSION", "POLICIES", "AccumulationSettings", "AnalysisSettings", "Config",
     "ConfigDeprecationWarning", "DriftSettings", "FitSettings", "LiveSettings", "MapSettings",
-    "OutputSettings", "ParticleSettings", "RoiSuggestionSettings", "SimulationSettings",
+    "OutputSettings", "ParticleSettings", "PhaseSettings", "RoiSuggestionSettings",
+    "SimulationSettings",
     "check_version", "config_from_dict", "load_config", "load_scan_file", "override",
 ]

@@ -93,6 +93,10 @@ def _field_value(full: str, value: Any, f: dataclasses.Field) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{full} must be a list of [row, col] pairs, got {value!r}")
         return tuple(_coerce(f"{full}[{i}]", v, (0.0, 0.0)) for i, v in enumerate(value))
+    if full == "alarms.fraction_crossings":
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{full} must be a list of fractions, got {value!r}")
+        return tuple(_coerce(f"{full}[{i}]", v, 0.0) for i, v in enumerate(value))
     if full == "accumulation.q_ref":
         return _coerce(full, value, (0.0,) * 3)
     if full == "accumulation.q_rois":

@@ -3,9 +3,9 @@ output), :class:`Config` itself, and what each key allows.
 
 The other sections are defined beside the code that reads them (``AccumulationSettings`` in
 :mod:`sxdm_stream.core.accumulate`, ``MapSettings``, ``FitSettings`` and
-``RoiSuggestionSettings`` in :mod:`sxdm_stream.analysis.scan_analysis`, ``DriftSettings`` and
-``ParticleSettings`` in :mod:`sxdm_stream.analysis`); every key is listed, with its unit and
-default, in :mod:`sxdm_stream.config`.
+``RoiSuggestionSettings`` in :mod:`sxdm_stream.analysis.scan_analysis`, ``DriftSettings``,
+``ParticleSettings`` and ``PhaseSettings`` in :mod:`sxdm_stream.analysis`); every key is
+listed, with its unit and default, in :mod:`sxdm_stream.config`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from sxdm_stream.analysis.alarms import AlarmSettings
 from sxdm_stream.analysis.drift import DRIFT_MODES, DriftSettings
 from sxdm_stream.analysis.particles import ParticleSettings
+from sxdm_stream.analysis.phases import PhaseSettings
+from sxdm_stream.analysis.tracking import TrackingSettings
 from sxdm_stream.analysis.scan_analysis import (AnalysisSettings, FitSettings, MapSettings,
                                                 RoiSuggestionSettings)
 from sxdm_stream.core.accumulate import AccumulationSettings
@@ -102,6 +105,9 @@ class Config:
     particles: ParticleSettings = field(default_factory=ParticleSettings)
     fits: FitSettings = field(default_factory=FitSettings)
     roi_suggestion: RoiSuggestionSettings = field(default_factory=RoiSuggestionSettings)
+    phases: PhaseSettings = field(default_factory=PhaseSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    alarms: AlarmSettings = field(default_factory=AlarmSettings)
     live: LiveSettings = field(default_factory=LiveSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
 
@@ -109,7 +115,7 @@ class Config:
     def analysis(self) -> AnalysisSettings:
         """The sections :func:`sxdm_stream.analysis.analyse` reads."""
         return AnalysisSettings(self.maps, self.drift, self.particles, self.fits,
-                                self.roi_suggestion)
+                                self.roi_suggestion, self.phases)
 
 
 # ---- what each key allows: checked when a file is loaded (LiveSettings checks itself with
@@ -125,11 +131,17 @@ _POSITIVE = {"simulation.step_um", "simulation.n_angles", "simulation.counts",
              "accumulation.histogram_max_bins", "accumulation.histogram_budget_mib",
              "accumulation.max_valid_counts", "maps.d_ref_a", "particles.min_pixels",
              "particles.domain_misorientation_deg", "particles.min_domain_pixels",
-             "drift.smoothing_angles", "live.frame_queue_messages", "live.frame_queue_mib",
+             "drift.smoothing_angles", "phases.max_phases", "phases.min_separation",
+             "phases.continuity_tolerance", "live.frame_queue_messages", "live.frame_queue_mib",
              "live.writer_queue_jobs", "live.writer_queue_mib", "live.hold_frames",
              "live.snapshot_max_hz", "live.keep_results"}
-_NOT_NEGATIVE = {"accumulation.threshold", "simulation.background_rate", "live.join_timeout_s"}
-_FRACTIONS = {"maps.mask_fraction", "drift.min_intensity_fraction", "drift.min_correlation"}
+_NOT_NEGATIVE = {"accumulation.threshold", "accumulation.q_shells", "simulation.background_rate",
+                 "live.join_timeout_s", "phases.smoothing"}
+_FRACTIONS = {"maps.mask_fraction", "drift.min_intensity_fraction", "drift.min_correlation",
+              "phases.min_fraction", "phases.mixed_fraction", "phases.prominence",
+              "phases.tail_fraction", "phases.min_spacing", "tracking.outline_fraction",
+              "tracking.reference_weight", "tracking.min_overlap_fraction",
+              "tracking.ambiguous_overlap_ratio"}
 
 
 def check_value(key: str, value: Any) -> None:

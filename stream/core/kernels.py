@@ -17,6 +17,11 @@ For a pixel p of the ROI with counts c (kept when ``c >= threshold``, so never N
   ``|(dq - centre) / semi|^2 <= 1`` (1/semi-axes 0 for a box). ``rois`` and ``roi_moments``
   are None when there are no ROIs: numba then compiles a specialisation without the ROI code
   (it prunes ``is None`` branches on arguments), so ROIs cost nothing unless configured.
+* q-shell moments: ``shell_of`` (rows, cols) gives the |Q| slice of every ROI pixel (-1 for
+  none; |Q| = |dq + q_ref| = |k_f - k_i| does not depend on the rocking angle, so the slice is
+  looked up, not computed: see :mod:`sxdm_stream.core.shells`), and ``shell_moments[k]`` (4,)
+  gets ``S0 += w``, ``S1 += w dq`` of the pixels of slice k. Both None when shells are off:
+  again a specialisation without the code.
 * invalid pixels: counts ``c > max_valid`` are not photons but the detector's mark of a
   pixel it did not measure (2**bits - 1 on an Eiger: gaps, defective or overflowing pixels)
   or a count above its saturation. Unmasked pixels so marked are left out of every sum and
@@ -36,7 +41,8 @@ N_MOMENTS = 10
 
 @njit(nogil=True, cache=True)
 def _accumulate_one(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
-                    scale, threshold, max_valid, moments, hist, invalid, rois, roi_moments):
+                    scale, threshold, max_valid, moments, hist, invalid, rois, roi_moments,
+                    shell_of, shell_moments):
     # Shaped for speed (see benchmarks/README.md): rows are taken as views so the inner
     # loops index from 0 (numba's negative-index handling on frame[r0 + i, c0 + j] stops
     # vectorisation); the non-zero columns of a row are first collected without branching,
@@ -56,10 +62,17 @@ def _accumulate_one(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
     s0 = 0.0
     s1x = s1y = s1z = 0.0
     sxx = sxy = sxz = syy = syz = szz = 0.0
+    # q shells: the hits of one slice are summed in registers and stored when the slice
+    # changes; along a detector row |Q| barely changes, so this stores a few times per row
+    # instead of four read-modify-writes per hit (measured in benchmarks/bench_accumulate.py)
+    shell = -1
+    t0 = t1 = t2 = t3 = 0.0
     for i in range(h):
         row = frame[r0 + i, c0:c0 + w]
         mrow = mask[i]
         kfrow = kf[i]
+        if shell_of is not None:
+            shell_row = shell_of[i]
         n = 0
         for j in range(w):
             cols[n] = j
@@ -97,6 +110,19 @@ def _accumulate_one(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
                         hist[(ix * by + iy) * bz + iz] += wt
             if rois is not None:
                 _add_to_rois(rois, dx, dy, dz, wt, roi_moments)
+            if shell_of is not None:
+                here = shell_row[j]
+                if here != shell:
+                    if shell >= 0:
+                        _add_to_shell(shell_moments, shell, t0, t1, t2, t3)
+                    shell = here
+                    t0 = t1 = t2 = t3 = 0.0
+                t0 += wt
+                t1 += wt * dx
+                t2 += wt * dy
+                t3 += wt * dz
+    if shell_of is not None and shell >= 0:
+        _add_to_shell(shell_moments, shell, t0, t1, t2, t3)
     moments[S0] += s0
     moments[S1X] += s1x
     moments[S1Y] += s1y
@@ -109,6 +135,14 @@ def _accumulate_one(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
     moments[S2ZZ] += szz
     invalid[0] += n_invalid
     return s0
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _add_to_shell(shell_moments, shell, s0, s1x, s1y, s1z):
+    shell_moments[shell, 0] += s0
+    shell_moments[shell, 1] += s1x
+    shell_moments[shell, 2] += s1y
+    shell_moments[shell, 3] += s1z
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -137,39 +171,58 @@ def _add_to_rois(rois, dx, dy, dz, wt, out):
 
 @njit(nogil=True, cache=True)
 def accumulate_frame(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
-                     scale, threshold, max_valid, moments, hist, invalid, rois, roi_moments):
-    """Add one frame into ``moments`` (10,), ``hist`` (n_bins,) or (0,), and the q-ROI
+                     scale, threshold, max_valid, moments, hist, invalid, rois, roi_moments,
+                     shell_of=None, shell_moments=None):
+    """Add one frame into ``moments`` (10,), ``hist`` (n_bins,) or (0,), the q-ROI
     moments ``roi_moments`` (n_rois, 10) of the ROIs in ``rois`` (n_rois, 12), both None
-    without ROIs; unmasked pixels with counts ``> max_valid`` are counted in ``invalid`` (1,)
-    instead. Returns S0 added."""
+    without ROIs, and the q-shell moments ``shell_moments`` (n_shells, 4) of the slices in
+    ``shell_of`` (rows, cols), both None without shells; unmasked pixels with counts
+    ``> max_valid`` are counted in ``invalid`` (1,) instead. Returns S0 added."""
     return _accumulate_one(frame, r0, c0, kf, mask, rot, offset, edge0, inv_step, bins,
-                           scale, threshold, max_valid, moments, hist, invalid, rois, roi_moments)
+                           scale, threshold, max_valid, moments, hist, invalid, rois, roi_moments,
+                           shell_of, shell_moments)
 
 
 @njit(nogil=True, cache=True)
 def accumulate_frames(frames, angle_index, point_index, scales, r0, c0, kf, mask, rots,
                       offsets, edge0, inv_step, bins, threshold, max_valid, moments, hist, invalid,
-                      rois, roi_moments):
+                      rois, roi_moments, shell_of=None, shell_moments=None):
     """Add a stack of frames (n, rows, cols).
 
     ``moments`` is (n_angles, n_points, 10); ``hist`` is (n_points, n_bins) or (n_points, 0);
     ``roi_moments`` is (n_angles, n_points, n_rois, 10) for the ROI table ``rois`` (n_rois, 12);
-    both are None without ROIs. Invalid pixels (counts ``> max_valid``) of all frames are
-    counted in ``invalid`` (1,).
+    both are None without ROIs. ``shell_moments`` is (n_points, n_shells, 4) for the slice
+    table ``shell_of`` (rows, cols); both None without shells. Invalid pixels (counts
+    ``> max_valid``) of all frames are counted in ``invalid`` (1,).
     Frame f goes to rocking angle ``angle_index[f]`` and map pixel ``point_index[f]``.
     Returns the S0 added per frame.
     """
     added = np.zeros(frames.shape[0])
     for f in range(frames.shape[0]):
         a, p = angle_index[f], point_index[f]
+        # four spelled-out calls: numba prunes ``is None`` branches on arguments, so each
+        # specialisation holds only the call whose optional arrays exist
         if rois is None:
-            added[f] = _accumulate_one(frames[f], r0, c0, kf, mask, rots[a], offsets[a], edge0,
-                                       inv_step, bins, scales[f], threshold, max_valid,
-                                       moments[a, p], hist[p], invalid, None, None)
+            if shell_of is None:
+                added[f] = _accumulate_one(frames[f], r0, c0, kf, mask, rots[a], offsets[a],
+                                           edge0, inv_step, bins, scales[f], threshold, max_valid,
+                                           moments[a, p], hist[p], invalid, None, None, None, None)
+            else:
+                added[f] = _accumulate_one(frames[f], r0, c0, kf, mask, rots[a], offsets[a],
+                                           edge0, inv_step, bins, scales[f], threshold, max_valid,
+                                           moments[a, p], hist[p], invalid, None, None,
+                                           shell_of, shell_moments[p])
         else:
-            added[f] = _accumulate_one(frames[f], r0, c0, kf, mask, rots[a], offsets[a], edge0,
-                                       inv_step, bins, scales[f], threshold, max_valid,
-                                       moments[a, p], hist[p], invalid, rois, roi_moments[a, p])
+            if shell_of is None:
+                added[f] = _accumulate_one(frames[f], r0, c0, kf, mask, rots[a], offsets[a],
+                                           edge0, inv_step, bins, scales[f], threshold, max_valid,
+                                           moments[a, p], hist[p], invalid, rois,
+                                           roi_moments[a, p], None, None)
+            else:
+                added[f] = _accumulate_one(frames[f], r0, c0, kf, mask, rots[a], offsets[a],
+                                           edge0, inv_step, bins, scales[f], threshold, max_valid,
+                                           moments[a, p], hist[p], invalid, rois,
+                                           roi_moments[a, p], shell_of, shell_moments[p])
     return added
 
 

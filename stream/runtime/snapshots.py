@@ -11,13 +11,18 @@ ended (viewers keep every such one: an operando point each); ``status`` says whe
 frame of the scan is in it (``complete``), frames are missing (``incomplete``, with
 ``frames_missing``) or the scan goes on (``running``). The last snapshot of a scan that is
 over (:meth:`Snapshots.last`) also logs what its analysis found and makes the scan's operando
-record, published beside the snapshots. The last snapshot's analysis is the one the results
+record, published beside the snapshots: an
+:class:`~sxdm_stream.analysis.operando.OperandoMonitor` follows the maps of the run, tracks
+their particles, follows their phases (every analysis is made with the previous map's
+phases, so a phase keeps its id while its peak moves) and checks the alarms, logged as
+warnings. The last snapshot's analysis is the one the results
 file gets: the worker hands it to the writer, which does not analyse the same sums again.
 
 =================  ==========================================================================
 thread             owns
 =================  ==========================================================================
-worker             everything here (pacing, drift cache, ``last_analysis``, the publisher)
+worker             everything here (pacing, drift cache, ``last_analysis``, the publisher,
+                   the operando series state)
 any                :meth:`latency` (reads a copy of the latencies)
 =================  ==========================================================================
 """
@@ -32,7 +37,8 @@ from typing import Callable
 import numpy as np
 
 from sxdm_stream.analysis.drift import drift_for_scan, format_drift
-from sxdm_stream.analysis.operando import OperandoRecord, operando_record
+from sxdm_stream.analysis.operando import OperandoMonitor, OperandoRecord
+from sxdm_stream.analysis.phases import format_phases
 from sxdm_stream.analysis.particles import format_particles
 from sxdm_stream.analysis.roi_suggest import format_roi_suggestion
 from sxdm_stream.analysis.scan_analysis import ScanAnalysis, analyse
@@ -65,6 +71,7 @@ class Snapshots:
         self._latencies: collections.deque = collections.deque(maxlen=200_000)
         self._pending: list[float] = []
         self._drift_cache: tuple = (None, None)
+        self.operando = OperandoMonitor(settings.tracking, settings.alarms)
 
     def frame_added(self, received_s: float) -> None:
         """A frame received at ``received_s`` (perf_counter) is in the sums."""
@@ -88,7 +95,8 @@ class Snapshots:
         t0 = time.perf_counter()
         analysis = analyse(p.accumulator, self.settings.analysis,
                            angles_done=None if final else p.angles_done, final=final,
-                           drift=self._drift_for(p, series_index, final))
+                           drift=self._drift_for(p, series_index, final),
+                           previous_phases=self.operando.previous_phases)
         if self.publisher is not None:
             self.seq += 1
             missing = p.missing_per_angle()
@@ -119,11 +127,11 @@ class Snapshots:
         if not final:
             return analysis, None
         _log_analysis(series.series_id, analysis)
-        record = operando_record(analysis.maps, time.time(), series.series_id,
-                                 series_unique_id=series.series_unique_id,
-                                 correlation_id=correlation_id_of(series.sxdm),
-                                 complete=p.complete, channels=channels,
-                                 particles=analysis.particles.records)
+        record = self.operando.record(analysis, p.setup.scan, time.time(), series.series_id,
+                                      series_unique_id=series.series_unique_id,
+                                      correlation_id=correlation_id_of(series.sxdm),
+                                      complete=p.complete, channels=channels)
+        _log_record(series.series_id, record)
         if self.publisher is not None:
             self.publisher.send(encode_operando_record(record.to_json()))
         return analysis, record
@@ -156,6 +164,25 @@ def _log_analysis(series_id: int, analysis: ScanAnalysis) -> None:
         log.info("series %s: %s", series_id, format_drift(analysis.drift))
     if len(analysis.particles):
         log.info("series %s: %s", series_id, format_particles(analysis.particles))
+    if analysis.phases is not None and (len(analysis.phases.phases) > 1 or analysis.phases.n_mixed):
+        log.info("series %s: %s", series_id, format_phases(analysis.phases))
     if analysis.roi_suggestion is not None and len(analysis.roi_suggestion.peaks) > 1:
         log.info("series %s: several crystals diffract in q: %s", series_id,
                  format_roi_suggestion(analysis.roi_suggestion))
+
+
+def _log_record(series_id: int, record: OperandoRecord) -> None:
+    """What the series learnt from this map: drift, particles that came or went, alarms."""
+    reg = record.registration or {}
+    if reg.get("reference") not in (None, "first", "empty"):
+        log.info("series %s: sample drift since the first map %s um (%s px), correlation %s",
+                 series_id, _pair(reg.get("drift_um")), _pair(reg.get("drift_px")),
+                 "n/a" if reg.get("correlation") is None else f"{reg['correlation']:.3f}")
+    for event in record.events:
+        log.info("series %s: %s", series_id, event["message"])
+    for alarm in record.alarms:
+        log.warning("series %s: ALARM %s: %s", series_id, alarm.rule, alarm.message)
+
+
+def _pair(values) -> str:
+    return "(" + ", ".join("nan" if v is None else f"{v:+.3f}" for v in values or ()) + ")"

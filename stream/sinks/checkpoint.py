@@ -43,7 +43,7 @@ CHECKPOINT_VERSION = 2
 #: the user block: this magic line, then "sha256:<hex digest of every byte after the block>"
 _MAGIC = b"sxdm-stream checkpoint 2\n"
 _USERBLOCK = 512
-_STATE_NAMES = ("moments", "histogram", "frame_count", "roi_moments")
+_STATE_NAMES = ("moments", "histogram", "frame_count", "roi_moments", "shell_moments")
 
 
 @dataclass

@@ -170,3 +170,82 @@ def _draw_rocking_curve(ax, maps: MapSet, scan: ScanDescription) -> None:
     ax.set_ylabel("counts")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+
+
+def write_operando_png(path, series: dict, title: str = "") -> None:
+    """Draw the per-particle curves of an operando series file on one page (PNG, atomically
+    replaced): d of each phase, the fraction of every phase but the first (highest d) against
+    the cell voltage when the series carries one (else time), strain spread, and the
+    electrochemistry, each against the time since the first map (hours, or minutes for a
+    series shorter than two hours).
+
+    Parameters
+    ----------
+    path : str or os.PathLike, the PNG file.
+    series : :func:`sxdm_stream.sinks.timeseries.read_operando` of the series file.
+    title : the page title.
+    """
+    times = np.asarray(series["summary"]["time"], float)
+    elapsed = times - times[0] if times.size else times
+    # hours for a series of hours, minutes for a short one (a test, a demo)
+    unit, scale = ("h", 3600.0) if elapsed.size and elapsed[-1] >= 7200 else ("min", 60.0)
+    hours = elapsed / scale
+    since = f"time since the first map ({unit})"
+    particles, phases = series["particles"], series["particle_phases"]
+    echem = series["electrochemistry"]
+    voltage = echem.get("voltage", (None, ""))[0]
+    fig = Figure(figsize=(16.0, 9.0), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 2)
+    colours = colormaps["tab10"]
+    ids = sorted({int(i) for i in particles.get("particle_id", []) if np.isfinite(i)})
+    first_phase = None
+    if series["phases"].get("phase_id") is not None and len(series["phases"]["phase_id"]):
+        table = series["phases"]
+        first_phase = int(table["phase_id"][np.argmax(table["d_a"])])
+    styles = ("-", "--", ":", "-.")
+    for n, pid in enumerate(ids):
+        colour = colours(n % 10)
+        mine = np.asarray(phases.get("particle_id", []), float) == pid
+        for k, phase in enumerate(sorted({int(p) for p in np.asarray(phases.get("phase_id", []))[mine]})):
+            sel = mine & (np.asarray(phases["phase_id"]) == phase)
+            at = np.asarray(phases["record"], int)[sel]
+            d = _curve(len(hours), at, phases["d_a"][sel])
+            axes[0, 0].plot(hours, d, styles[k % 4], color=colour, marker=".",
+                            label=f"particle {pid}, phase {phase}")
+            if phase != first_phase:
+                x = voltage if voltage is not None else hours
+                axes[0, 1].plot(x, _curve(len(hours), at, phases["fraction"][sel]),
+                                styles[k % 4], color=colour, marker=".",
+                                label=f"particle {pid}, phase {phase}")
+        rows = np.asarray(particles["particle_id"], float) == pid
+        axes[1, 0].plot(hours, _curve(len(hours), np.asarray(particles["record"], int)[rows],
+                                      particles["strain_std"][rows]), color=colour, marker=".",
+                        label=f"particle {pid}")
+    axes[0, 0].set(xlabel=since, ylabel="d (Å)",
+                   title="d of each phase, per particle")
+    axes[0, 1].set(xlabel="cell voltage (V)" if voltage is not None else "time (h)",
+                   ylabel="fraction", ylim=(-0.05, 1.05),
+                   title="fraction of the new phase(s), per particle")
+    axes[1, 0].set(xlabel=since, ylabel="strain spread (µstrain)",
+                   title="strain spread inside each particle (single centre of mass: it "
+                         "jumps where two phases coexist)")
+    for name, (values, units) in echem.items():
+        axes[1, 1].plot(hours, values, marker=".", label=f"{name} ({units})" if units else name)
+    axes[1, 1].set(xlabel=since, title="electrochemistry")
+    for ax in axes.ravel():
+        if ax.has_data():
+            ax.legend(fontsize=7, loc="best")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title or "operando series")
+    fig.tight_layout()
+    tmp = os.fspath(path) + ".tmp"
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+
+
+def _curve(n: int, at: np.ndarray, values) -> np.ndarray:
+    """Values placed at record indices ``at`` of an n-long curve, NaN elsewhere (gaps)."""
+    curve = np.full(n, np.nan)
+    curve[np.asarray(at, int)] = np.asarray(values, float)
+    return curve

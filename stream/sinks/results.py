@@ -16,6 +16,8 @@ Layout (``silx view`` and other NeXus tools follow the ``default`` attributes to
     /entry/drift, particles, particle_labels, q_rois/<roi>/<map>, roi_suggestion, fits/<map>
                               what :func:`sxdm_stream.analysis.scan_analysis.analyse` derived, when given
                               (:mod:`sxdm_stream.sinks.results_analysis`)
+    /entry/phases             NXcollection  with q shells: the phases (:func:`_write_phases`);
+                              then /entry and its single-COM maps carry ``mixed_phase_pixels``
 
 A file is written to ``path + ".tmp"`` and moved over ``path`` with :func:`os.replace`, so a
 reader (a viewer polling the file during the scan) sees either the previous complete file or the
@@ -31,21 +33,29 @@ from datetime import datetime
 import h5py
 import numpy as np
 
+from sxdm_stream.analysis.phases import PARTICLE_PHASE_FIELDS
 from sxdm_stream.core.accumulate import Accumulator, ScanSetup
 from sxdm_stream.core.maps import MapSet
 from sxdm_stream.core.scan import ScanDescription
 from sxdm_stream.errors import ConfigError
-from sxdm_stream.sinks.nexus import atomic_h5, json_default, write_map_groups
+from sxdm_stream.sinks.nexus import atomic_h5, create_map_nxdata, json_default, write_map_groups
 from sxdm_stream.sinks.results_analysis import write_analysis
 # the readers live beside; importing them from here keeps working
-from sxdm_stream.sinks.results_read import (FORMAT_VERSION, MAP_NAMES, open_results,
-                                            read_accumulator_state, read_configuration, read_maps)
+from sxdm_stream.sinks.results_read import (FORMAT_VERSION, MAP_NAMES, PHASE_MAP_FIELDS,
+                                            open_results, read_accumulator_state,
+                                            read_configuration, read_maps, read_phases)
 from sxdm_stream.version import __version__
 
 __all__ = ["FORMAT_VERSION", "HISTOGRAM_GZIP_LEVEL", "MAP_NAMES", "open_results",
-           "read_accumulator_state", "read_configuration", "read_maps", "write_results"]
+           "read_accumulator_state", "read_configuration", "read_maps", "read_phases",
+           "write_results"]
 
 logger = logging.getLogger(__name__)
+
+#: the single-COM maps that average the phases of a mixed pixel (they get ``mixed_phase_pixels``)
+_SINGLE_COM_MAPS = ("d_spacing", "strain", "q_abs", "qx", "qy", "qz", "tilt_altitude",
+                    "tilt_azimuth", "misorientation", "fwhm_qx", "fwhm_qy", "fwhm_qz",
+                    "strain_stderr", "tilt_stderr")
 
 #: gzip level of the q-space histogram: mostly empty bins compress well even at the fastest level,
 #: and the file is rewritten many times during a scan
@@ -72,7 +82,7 @@ def write_results(path, maps: MapSet, setup: ScanSetup, accumulator: Accumulator
         dicts and lists are stored as JSON text. With an accumulator, ``invalid_pixels`` (its
         detector pixels left out for holding no valid count) is one of them.
     analysis : a :class:`sxdm_stream.analysis.scan_analysis.ScanAnalysis` whose ``maps`` are ``maps``: its
-        drift, particles, q-ROI maps, ROI suggestion and fits are written too.
+        drift, particles, q-ROI maps, ROI suggestion, fits and phases are written too.
 
     Raises
     ------
@@ -94,6 +104,8 @@ def write_results(path, maps: MapSet, setup: ScanSetup, accumulator: Accumulator
             _write_accumulator(entry, accumulator, hits)
         if analysis is not None:
             write_analysis(entry, analysis, setup.scan)
+            if analysis.phases is not None:
+                _write_phases(entry, analysis.phases, setup.scan)
     logger.debug("wrote results %s", path)
 
 
@@ -236,8 +248,67 @@ def _write_accumulator(entry: h5py.Group, acc: Accumulator, hits) -> None:
         rois = group.create_dataset("roi_moments", data=acc.roi_moments)
         rois.attrs["description"] = ("per rocking angle, map pixel and q-ROI (in the order of "
                                      "the configuration's q_rois): the 10 moments")
+    if setup.shells is not None:
+        shells = group.create_dataset("shell_moments", data=acc.shell_moments)
+        shells.attrs.update(description="per map pixel and |Q| slice: S0, S1 (x, y, z) of "
+                                        "dq = q - q_ref", **_shell_attributes(setup.shells))
     if setup.keep_histogram:
         _write_qspace(entry, acc, hits)
+
+
+def _shell_attributes(shells) -> dict:
+    return {"shells_lo": shells.lo, "shells_step": shells.step, "shells_n": shells.n,
+            "shells_units": "1/angstrom"}
+
+
+def _write_phases(entry: h5py.Group, phases, scan: ScanDescription) -> None:
+    """``/entry/phases`` (a :class:`sxdm_stream.analysis.phases.PhaseAnalysis`)::
+
+        phases                NXcollection  count, mixed_pixels, shells_lo/step/n
+        phases/q_profile      NXdata   counts per |Q| slice of the masked map against q_abs
+                                       (slice centres, 1/angstrom), d_spacing beside
+        phases/phase_table    NXcollection  one column per field of Phase (units)
+        phases/phase_<id>     NXcollection  NXdata intensity, fraction, d_spacing (maps)
+        phases/mixed          NXdata   map pixels where two phases each hold mixed_fraction
+        phases/particles      NXcollection  per particle and phase: label, phase_id, d_a,
+                                       fraction, intensity
+    """
+    group = entry.create_group("phases")
+    group.attrs.update(NX_class="NXcollection", count=len(phases.phases),
+                       mixed_pixels=phases.n_mixed, default="q_profile",
+                       description="phases along |Q| from the q-shell moments "
+                                   "(sxdm_stream.analysis.phases)", **_shell_attributes(phases.shells))
+    profile = group.create_group("q_profile")
+    profile.attrs.update(NX_class="NXdata", signal="counts", axes=["q_abs"], q_abs_indices=0,
+                         auxiliary_signals=["d_spacing"], title="counts per |Q| slice, masked map")
+    _dataset(profile, "counts", phases.profile, "counts")
+    _dataset(profile, "q_abs", phases.shells.centres, "1/angstrom").attrs["long_name"] = \
+        "|Q| (1/angstrom)"
+    _dataset(profile, "d_spacing", 2 * np.pi / phases.shells.centres, "angstrom")
+    columns = {"phase_id": ("", np.int32), "d_a": ("angstrom", float), "fraction": ("", float),
+               "intensity": ("counts", float), "first_shell": ("", np.int32),
+               "stop_shell": ("", np.int32), "peak_shell": ("", np.int32),
+               "q_lo": ("1/angstrom", float), "q_hi": ("1/angstrom", float)}
+    _write_collection(group, "phase_table", {
+        name: (np.array([getattr(p, name) for p in phases.phases], dtype), units)
+        for name, (units, dtype) in columns.items()})
+    for k, phase in enumerate(phases.phases):
+        sub = group.create_group(f"phase_{phase.phase_id}")
+        sub.attrs.update(NX_class="NXcollection", phase_id=phase.phase_id, d_a=phase.d_a,
+                         default="d_spacing")
+        for name, (units, title) in PHASE_MAP_FIELDS.items():
+            create_map_nxdata(sub, name, getattr(phases, name)[k], units,
+                              f"phase {phase.phase_id}: {title}", scan)
+    create_map_nxdata(group, "mixed", phases.mixed.astype(np.uint8), "",
+                      "map pixels whose counts hold two phases (1): the single-COM maps "
+                      "average them there", scan)
+    table = group.create_group("particles")
+    table.attrs.update(NX_class="NXcollection", count=len(phases.particles))
+    for name, (_dtype, units) in PARTICLE_PHASE_FIELDS.items():
+        _dataset(table, name, phases.particles[name], units)
+    note = "map pixels whose single centre of mass averages two phases (/entry/phases/mixed)"
+    for target in [entry] + [entry[n] for n in _SINGLE_COM_MAPS if n in entry]:
+        target.attrs.update(mixed_phase_pixels=phases.n_mixed, mixed_phase_note=note)
 
 
 def _write_qspace(entry: h5py.Group, acc: Accumulator, hits) -> None:

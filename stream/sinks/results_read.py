@@ -13,6 +13,7 @@ import os
 import h5py
 import numpy as np
 
+from sxdm_stream.analysis.phases import PARTICLE_PHASE_DTYPE
 from sxdm_stream.core.maps import MAP_FIELDS
 from sxdm_stream.errors import IncompatibleFileError
 from sxdm_stream.version import __version__
@@ -22,6 +23,13 @@ FORMAT_VERSION = 1
 
 #: every map name :func:`read_maps` returns
 MAP_NAMES: tuple[str, ...] = tuple(MAP_FIELDS) + ("intensity_per_angle",)
+
+#: the maps of each phase under ``/entry/phases/phase_<id>``: name -> (units, title)
+PHASE_MAP_FIELDS: dict[str, tuple[str, str]] = {
+    "intensity": ("counts", "counts of the phase"),
+    "fraction": ("", "fraction of the map pixel's counts"),
+    "d_spacing": ("angstrom", "d-spacing of the phase's centre of mass"),
+}
 
 
 # ---- reading ------------------------------------------------------------------------------
@@ -109,8 +117,9 @@ def read_accumulator_state(path) -> dict:
         group = f["entry/accumulator"]
         state = {"moments": group["moments"][()], "frame_count": group["frame_count"][()],
                  "fingerprint": str(group.attrs["fingerprint"])}
-        if "roi_moments" in group:
-            state["roi_moments"] = group["roi_moments"][()]
+        for name in ("roi_moments", "shell_moments"):
+            if name in group:
+                state[name] = group[name][()]
         n_points = state["moments"].shape[1]
         if group.attrs["keep_histogram"]:
             hist = f["entry/qspace/histogram"][()]
@@ -120,3 +129,30 @@ def read_accumulator_state(path) -> dict:
         else:
             state["histogram"] = np.zeros((n_points, 0), str(group.attrs["histogram_dtype"]))
     return state
+
+
+def read_phases(path) -> dict | None:
+    """The phase analysis of a results file, or None when it has none (no q shells).
+
+    Returns
+    -------
+    dict with ``q_abs`` (slice centres, 1/Angstrom) and ``profile`` (counts per slice),
+    ``phases`` (column name -> array: phase_id, d_a, fraction, intensity, first_shell,
+    stop_shell, peak_shell, q_lo, q_hi), ``maps`` (phase_id -> {intensity, fraction,
+    d_spacing}), ``mixed`` (bool map), ``mixed_pixels`` (int) and ``particles`` (structured
+    array, :data:`sxdm_stream.analysis.phases.PARTICLE_PHASE_DTYPE`).
+    """
+    with open_results(path) as f:
+        if "phases" not in f["entry"]:
+            return None
+        group = f["entry/phases"]
+        table = {name: ds[()] for name, ds in group["phase_table"].items()}
+        maps = {int(pid): {name: group[f"phase_{int(pid)}/{name}/{name}"][()]
+                           for name in PHASE_MAP_FIELDS}
+                for pid in table["phase_id"]}
+        particles = np.zeros(int(group["particles"].attrs["count"]), PARTICLE_PHASE_DTYPE)
+        for name in PARTICLE_PHASE_DTYPE.names:
+            particles[name] = group["particles"][name][()]
+        return {"q_abs": group["q_profile/q_abs"][()], "profile": group["q_profile/counts"][()],
+                "phases": table, "maps": maps, "mixed": group["mixed/mixed"][()].astype(bool),
+                "mixed_pixels": int(group.attrs["mixed_pixels"]), "particles": particles}

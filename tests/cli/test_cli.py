@@ -7,6 +7,7 @@ import numpy as np
 
 from sxdm_stream.cli.main import main
 from sxdm_stream.sinks.results import read_maps
+from sxdm_stream.sinks.timeseries import read_operando
 
 
 def test_demo_writes_results_that_match_the_printed_accuracy(tmp_path, capsys):
@@ -19,6 +20,18 @@ def test_demo_writes_results_that_match_the_printed_accuracy(tmp_path, capsys):
     assert np.isnan(maps["strain"][~maps["mask"]]).all()
     png = (tmp_path / "sxdm_overview.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_operando_demo_follows_the_charge_and_prints_its_figures(tmp_path, capsys):
+    """demo --operando: a detector process sends the charge, the processor follows it."""
+    assert main(["demo", "--operando", "4", "--angles", "5", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "identities kept: 3 of 3 particles that stay; newcomers announced: 1 of 1" in out
+    series = read_operando(tmp_path / "operando_series.h5")
+    assert series["records"] == 4 and sorted(set(series["particles"]["particle_id"])) == [1, 2, 3, 4]
+    assert len(list((tmp_path / "operando_maps").glob("*.h5"))) == 4
+    assert (tmp_path / "operando_overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["demo", "--operando", "2", "--in-process", "--out", str(tmp_path)]) == 2
 
 
 def test_demo_refuses_a_histogram_over_budget_and_says_what_fits(tmp_path, capsys):

@@ -318,7 +318,7 @@ def test_d_ref_and_mask_fraction_have_one_name_each(small_processed):
     assert [n for n in names if "mask_fraction" in n] == ["maps.mask_fraction"]
     # the live, file and analysis settings hold no copy of their own: they are sections
     assert {f.name for f in dataclasses.fields(AnalysisSettings)} == {
-        "maps", "drift", "particles", "fits", "roi_suggestion"}
+        "maps", "drift", "particles", "fits", "roi_suggestion", "phases"}
     config = config_from_dict({"maps": {"mask_fraction": 0.3, "d_ref_a": 4.7}})
     assert config.analysis.maps is config.maps
     maps = analyse(small_processed.accumulator, config.analysis).maps

@@ -342,7 +342,8 @@ def test_state_round_trip_through_a_file(tmp_path):
     np.savez(path, **acc.state())
     with np.load(path) as stored:
         restored = Accumulator.from_state(standard_setup(), dict(stored))
-    assert set(restored.state()) == {"moments", "histogram", "frame_count", "roi_moments"}
+    assert set(restored.state()) == {"moments", "histogram", "frame_count", "roi_moments",
+                                     "shell_moments"}
     for name, arr in acc.state().items():
         np.testing.assert_array_equal(restored.state()[name], arr)
         assert restored.state()[name].dtype == arr.dtype

@@ -16,7 +16,7 @@ from sxdm_stream.plugins.viewer import app
 from sxdm_stream.plugins.viewer.results import FileHistograms, ResultsFile
 from sxdm_stream.plugins.viewer.subscriber import SnapshotFeed
 from sxdm_stream.plugins.viewer.window import ViewerWindow
-from sxdm_stream.sinks.publish import SnapshotPublisher, encode_snapshot
+from sxdm_stream.sinks.publish import encode_snapshot
 from sxdm_stream.sinks.results import write_results
 
 WAIT_MS = 20_000
@@ -25,13 +25,6 @@ WAIT_MS = 20_000
 @pytest.fixture
 def processed(small_processed):
     return small_processed
-
-
-@pytest.fixture
-def publisher():
-    pub = SnapshotPublisher("tcp://127.0.0.1:*")
-    yield pub
-    pub.close()
 
 
 @pytest.fixture
@@ -143,9 +136,14 @@ def test_completed_maps_make_the_operando_series(qtbot, window, publisher, proce
                       complete=True, operando={"voltage": {"value": volts, "units": "V"}})
     points = window.model.operando
     assert [p.channels["voltage"][0] for p in points] == [3.9, 4.1, 4.3]
-    _plot, curve, _t, _y = window.operando.series["voltage"]
-    np.testing.assert_allclose(curve.getData()[1], [3.9, 4.1, 4.3])
-    assert len(window.operando.series["mean_d"][1].getData()[1]) == 3
+    window.tabs.setCurrentWidget(window.operando)          # a hidden panel does not redraw
+    curves = window.operando.curves
+    np.testing.assert_allclose(curves[("channel:voltage", None, None)].getData()[1],
+                               [3.9, 4.1, 4.3])
+    np.testing.assert_allclose(curves[("d", None, None)].getData()[1],
+                               [p.mean_d for p in points])
+    x = curves[("d", None, None)].getData()[0]
+    np.testing.assert_allclose(x, [(p.time_s - points[0].time_s) / 3600 for p in points])
     assert "3 so far" in window.operando.note.text()
 
 

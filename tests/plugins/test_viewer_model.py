@@ -87,7 +87,7 @@ def test_model_adds_one_operando_point_per_completed_series(processed):
     again = snapshot(processed, seq=3, complete=True)          # the same series, sent twice
     nxt = snapshot(processed, seq=4, series_id=2)
     model.show_snapshots([(running, 0.0), (done, 0.0), (again, 0.0), (nxt, 0.0)])
-    assert len(appended) == 1 and model.operando == appended
+    assert len(appended) == 1 and list(model.operando) == appended
     assert drawn == [4], "only the newest snapshot is drawn, once"
     model.show_snapshots([(snapshot(processed, seq=5, series_id=2, complete=True), 0.0)])
     assert [p.series_id for p in model.operando] == [1, 2]
