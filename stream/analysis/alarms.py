@@ -162,10 +162,11 @@ def _d_jumps(settings, before, now) -> list[Alarm]:
 
 def _crossings(settings, before, now) -> list[Alarm]:
     out = []
+    seen_before = {pid for pid, _ in before}
     for key in sorted(set(now) | set(before)):
         pid, phase = key
-        if key not in now and not any(p == pid for p, _ in now):
-            continue                                # the particle is gone: its own alarm
+        if not any(p == pid for p, _ in now) or pid not in seen_before:
+            continue                                # gone or new: an event of its own
         f0 = before.get(key, (math.nan, 0.0))[1]
         f1 = now.get(key, (math.nan, 0.0))[1]
         if not (math.isfinite(f0) and math.isfinite(f1)):

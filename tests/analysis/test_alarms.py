@@ -42,6 +42,11 @@ def test_fraction_crossing_either_way_and_a_new_phase_starts_at_zero():
     assert fired == {(1, 0, "fell"), (1, 1, "rose"), (2, 0, "fell"), (2, 1, "rose")}
 
 
+def test_a_new_particle_crosses_nothing():
+    after = BEFORE + rows((4, {0: (4.81, 0.1), 1: (4.60, 0.9)}))
+    assert check_alarms(AlarmSettings(fraction_crossings=(0.5,)), BEFORE, after) == []
+
+
 def test_the_laggard_is_named():
     now = rows((1, {0: (4.81, 0.2), 1: (4.60, 0.8)}), (2, {0: (4.81, 0.25), 1: (4.60, 0.75)}),
                (3, {0: (4.81, 0.9), 1: (4.60, 0.1)}))
