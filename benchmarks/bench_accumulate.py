@@ -19,6 +19,10 @@ sums of :class:`sxdm_stream.core.accumulate.Accumulator`, on the whole detector 
 * ``moments``: histogram disabled (``histogram_bins=(0, 0, 0)``), ``Accumulator.add_frame``;
 * ``moments+hist``: moments and a (bins, bins, bins) q histogram per map pixel,
   ``Accumulator.add_frame``;
+* ``moments+hist per-hit``: the same sums through the per-hit kernel
+  ``kernels.accumulate_frame`` (dq and the bin computed from k_f for every hit), which the
+  accumulator ran before it looked them up in per-angle pixel tables: the baseline of the
+  table kernel, in the same run;
 * ``... batch``: the same through ``Accumulator.add_frames`` (one kernel call per stack of frames);
 * ``...+shells``: the same with ``--shells`` |Q| slices (``AccumulationSettings.q_shells``, the
   phase analysis' moments); the line "q shells cost" after each table gives the time per frame
@@ -48,7 +52,9 @@ import numba
 import numpy as np
 from numba import njit
 
-from sxdm_stream.core.accumulate import AccumulationSettings, Accumulator, ScanSetup
+from sxdm_stream.core import kernels
+from sxdm_stream.core.accumulate import (AccumulationSettings, Accumulator, ScanSetup,
+                                         max_valid_for)
 from sxdm_stream.core.geometry import Detector, Geometry
 from sxdm_stream.core.scan import ScanDescription
 
@@ -155,6 +161,19 @@ def add_shard(frames: np.ndarray, shard: Shard, acc: Accumulator) -> None:
         acc.add_frame(frames[b], a, p)
 
 
+def add_shard_per_hit(frames: np.ndarray, shard: Shard, acc: Accumulator) -> None:
+    """``add_shard`` through the per-hit kernel (no pixel tables): the baseline."""
+    s = acc.setup
+    max_valid = max_valid_for(frames.dtype, s.max_valid)
+    for b, a, p in zip(shard.buffers.tolist(), shard.angles.tolist(), shard.points.tolist()):
+        frame, scale = acc.check_frame(frames[b], a, p)
+        kernels.accumulate_frame(frame, s.roi_origin[0], s.roi_origin[1], s.kf, s.mask, s.rots[a],
+                                 s.offsets[a], s.edge0, s.inv_step, s.bins, scale,
+                                 s.settings.threshold, max_valid, acc.moments[a, p],
+                                 acc.histogram[p], acc._invalid, None, None)
+        acc.frame_count[a, p] += 1
+
+
 def add_shard_batched(frames: np.ndarray, shard: Shard, acc: Accumulator) -> None:
     for start in range(0, len(shard.buffers), shard.batch):
         stop = min(start + shard.batch, len(shard.buffers))
@@ -207,6 +226,7 @@ def warm_up(frames: np.ndarray, setups: dict[str, ScanSetup]) -> None:
         acc = Accumulator(setup)
         acc.add_frame(frames[0], 0, 0)
         acc.add_frames(frames[0:2], [0, 0], [0, 1])
+        add_shard_per_hit(frames, Shard(np.array([0]), np.array([0]), np.array([0]), 1), acc)
 
 
 VARIANTS = (  # (name, setup key, per-thread work)
@@ -215,6 +235,7 @@ VARIANTS = (  # (name, setup key, per-thread work)
     ("moments", "moments", add_shard),
     ("moments batch", "moments", add_shard_batched),
     ("moments+hist", "hist", add_shard),
+    ("moments+hist per-hit", "hist", add_shard_per_hit),
     ("moments+hist batch", "hist", add_shard_batched),
     ("moments+shells", "shells", add_shard),
     ("moments+shells batch", "shells", add_shard_batched),
@@ -270,13 +291,21 @@ def describe_machine() -> list[str]:
 
 def format_table(fraction: float, measured: float, rows: list[dict]) -> list[str]:
     lines = [f"-- {fraction:.0%} non-zero pixels (measured {measured:.2%}) --",
-             f"{'variant':<23}{'threads':>8}{'frames/s':>10}{'us/frame':>10}{'MB/s':>8}"
+             f"{'variant':<25}{'threads':>8}{'frames/s':>10}{'us/frame':>10}{'MB/s':>8}"
              f"{'% ceil':>8}"]
     for r in rows:
         mbs = r["fps"] * FRAME_BYTES / 1e6
-        lines.append(f"{r['variant']:<23}{r['threads']:>8}{r['fps']:>10.0f}{1e6 / r['fps']:>10.1f}"
+        lines.append(f"{r['variant']:<25}{r['threads']:>8}{r['fps']:>10.0f}{1e6 / r['fps']:>10.1f}"
                      f"{mbs:>8.0f}{r['ratio']:>8.1%}")
     return lines
+
+
+def format_table_gain(rows: list[dict]) -> str:
+    """Speed of the table kernel over the per-hit kernel (same sums), per thread count."""
+    fps = {(r["variant"], r["threads"]): r["fps"] for r in rows}
+    parts = [f"{n} thr {fps['moments+hist', n] / fps['moments+hist per-hit', n]:.2f}x"
+             for n in sorted({r["threads"] for r in rows})]
+    return "pixel tables (moments+hist over moments+hist per-hit): " + "; ".join(parts)
 
 
 def format_shell_cost(rows: list[dict]) -> str:
@@ -325,7 +354,8 @@ def main(argv=None) -> None:
         warm_up(frames, setups)
         rows = measure_density(frames, setups, args.frames, args.buffers, args.repeats,
                                args.threads)
-        print("\n".join(["", *format_table(fraction, measured, rows), format_shell_cost(rows)]),
+        print("\n".join(["", *format_table(fraction, measured, rows), format_table_gain(rows),
+                         format_shell_cost(rows)]),
               flush=True)
         del frames
     print(f"\n{describe_load()}; total {time.perf_counter() - t0:.0f} s")

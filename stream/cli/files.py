@@ -3,6 +3,7 @@
   sxdm-stream record --connect tcp://HOST:31001 --out run.stream
   sxdm-stream replay SOURCE --bind tcp://127.0.0.1:31001 --rate 1x|10x|max
   sxdm-stream process-file SOURCE --out results.h5 [--export-xsocs qspace.h5]
+                           [--dask tcp://HOST:8786 | --dask local:N]
   sxdm-stream export-xsocs results.h5 --out qspace.h5
 
 SOURCE is a recording, an ID01 BLISS scan set or an XSOCS master file; the geometry comes
@@ -54,6 +55,13 @@ def add_file_commands(sub) -> None:
     proc.add_argument("--overwrite", action="store_true",
                       help="replace an existing results file (never replaced otherwise)")
     proc.add_argument("--workers", type=int, default=2, help="accumulating threads (files)")
+    proc.add_argument("--dask", metavar="ADDRESS",
+                      help="beamline files: accumulate blocks of map rows on a Dask cluster, "
+                           "the scheduler at ADDRESS (tcp://HOST:8786) or local:N (N worker "
+                           "processes here); the workers must read the files (docs/scaling.md)")
+    proc.add_argument("--dask-rows", type=int, metavar="N",
+                      help="map rows per Dask task (default: 2 tasks per worker at least, "
+                           "each sub-map under 256 MiB)")
     proc.add_argument("--export-xsocs", type=Path, metavar="QSPACE_H5",
                       help="also write the q-space histograms as an XSOCS qspace.h5")
     proc.add_argument("--config", type=Path, help="TOML configuration file")
@@ -187,6 +195,10 @@ def run_process_file(args: argparse.Namespace) -> int:
     check_output(args.out, args.overwrite)        # before reading anything
     source = open_source(args.source, source_options(args))
     is_recording = isinstance(source, RecordingReader)
+    if args.dask and is_recording:
+        source.close()
+        raise ConfigError(f"--dask takes beamline files (ID01, XSOCS); {args.source} is a "
+                          "recording: process it without --dask")
     settings = override(config, "live", checkpoints=False)
     bar = _progress_bar(source_length(source), "msg" if is_recording else "frame",
                         args.no_progress)
@@ -195,6 +207,8 @@ def run_process_file(args: argparse.Namespace) -> int:
             if is_recording:
                 results = process_recording(source, args.out, settings, progress=bar.update,
                                             overwrite=args.overwrite)
+            elif args.dask:
+                results = [_process_file_dask(source, args, settings, bar.update)]
             else:
                 results = [process_file_scan(source, args.out, settings, workers=args.workers,
                                              progress=bar.update, overwrite=args.overwrite)]
@@ -210,6 +224,17 @@ def run_process_file(args: argparse.Namespace) -> int:
         if is_recording:
             source.close()
     return _files_outcome(results, args.export_xsocs)
+
+
+def _process_file_dask(source, args: argparse.Namespace, settings, progress):
+    from sxdm_stream.runtime.distributed import dask_client, process_file_scan_dask
+
+    with dask_client(args.dask) as client:
+        log.info("Dask scheduler %s, %d workers", client.scheduler.address,
+                 len(client.nthreads()))
+        return process_file_scan_dask(source, client, args.out, settings,
+                                      rows_per_task=args.dask_rows, progress=progress,
+                                      overwrite=args.overwrite)
 
 
 def _files_outcome(results, export_xsocs: Path | None) -> int:

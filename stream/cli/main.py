@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="when processing falls behind: block the sender or drop images "
                            "(default: [live] policy of --config, else block)")
     proc.add_argument("--series", type=int, help="exit after this many complete series")
+    proc.add_argument("--workers", type=int, default=1, metavar="N",
+                      help="worker processes sharing the stream, each summing a block of map "
+                           "rows (a forwarder hands out the images undecoded; default 1: "
+                           "one process)")
     proc.add_argument("--config", type=Path, help="TOML configuration file")
     add_processing_args(proc)
     proc.set_defaults(run=run_process)
@@ -262,6 +266,8 @@ def run_process(args: argparse.Namespace) -> int:
         override_ = ScanOverride(scan, geometry)
     if not args.connect and not args.bluesky:
         raise ConfigError("process needs a source: --connect tcp://HOST:31001 and/or --bluesky HOST:PORT")
+    if args.workers != 1:
+        return _run_fanout(args, config, override_)
     processor = LiveProcessor(args.connect, out=args.out, publish=args.publish, settings=config,
                               override=override_, resume=args.resume, max_series=args.series,
                               serve=args.serve, operando=args.operando,
@@ -292,6 +298,35 @@ def run_process(args: argparse.Namespace) -> int:
             if derived is not None:
                 derived.close()
     return _process_outcome(processor)
+
+
+def _run_fanout(args: argparse.Namespace, config, override_) -> int:
+    """``process --workers N``: :class:`~sxdm_stream.runtime.fanout.FanoutProcessor`."""
+    from sxdm_stream.cli.signals import InterruptOnSignals
+    from sxdm_stream.runtime.fanout import FanoutProcessor, unsupported_options
+
+    unsupported_options(vars(args))
+    processor = FanoutProcessor(args.connect, args.out, args.workers, settings=config,
+                                override=override_, max_series=args.series,
+                                overwrite=args.overwrite)
+    with InterruptOnSignals() as signals:
+        try:
+            processor.start()
+            while not processor.wait(1.0):
+                log.info("%s", processor.progress())
+        except KeyboardInterrupt as exc:
+            log.info("interrupted (%s): writing what was received", exc or "SIGINT")
+        finally:
+            signals.stopping()
+            processor.stop()
+    for result in processor.results:
+        log.log(logging.INFO if result.complete and result.written else logging.WARNING,
+                "%s", result.describe())
+    if processor.failure or any(not (r.complete and r.written) for r in processor.results):
+        print(f"sxdm-stream: {processor.failure or 'a series is incomplete or unwritten'}",
+              file=sys.stderr)
+        return EXIT_INCOMPLETE
+    return EXIT_OK
 
 
 def _watch(processor, quiet_s: float = 30.0) -> None:

@@ -137,6 +137,7 @@ Every key, with its unit and default (docs/configuration.md says the same at mor
     snapshot_max_hz = 10             # snapshots per second, at most
     checkpoints = true               # a checkpoint at each rocking angle (process --resume)
     keep_results = 16                # finished series kept in memory, at most
+    decode_threads = 1               # threads decompressing images (0: one per core, <= 4)
 
     [output]
     directory = "results"            # where the demo writes its results

@@ -69,6 +69,9 @@ class LiveSettings:
         (``process --resume`` continues from it).
     keep_results : finished series kept in memory (``LiveProcessor.results``), and failed
         final writes retried, at most.
+    decode_threads : threads decompressing the images' pixels beside the receiver thread,
+        which reads and checks every message (1: the receiver thread decompresses too; 0: one
+        per core, at most 4). Images are handed on in arrival order whatever the count.
     """
 
     policy: str = "block"
@@ -81,6 +84,7 @@ class LiveSettings:
     snapshot_max_hz: float = 10.0
     checkpoints: bool = True
     keep_results: int = 16
+    decode_threads: int = 1
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -136,7 +140,9 @@ _POSITIVE = {"simulation.step_um", "simulation.n_angles", "simulation.counts",
              "live.writer_queue_jobs", "live.writer_queue_mib", "live.hold_frames",
              "live.snapshot_max_hz", "live.keep_results"}
 _NOT_NEGATIVE = {"accumulation.threshold", "accumulation.q_shells", "simulation.background_rate",
-                 "live.join_timeout_s", "phases.smoothing"}
+                 "live.join_timeout_s", "phases.smoothing", "live.decode_threads"}
+#: keys that count something: whole numbers (a file's 2.0 is read as 2 before this check)
+_WHOLE = {"live.decode_threads"}
 _FRACTIONS = {"maps.mask_fraction", "drift.min_intensity_fraction", "drift.min_correlation",
               "phases.min_fraction", "phases.mixed_fraction", "phases.prominence",
               "phases.tail_fraction", "phases.min_spacing", "tracking.outline_fraction",
@@ -153,6 +159,8 @@ def check_value(key: str, value: Any) -> None:
         raise ConfigError(f"{key} = {value!r} is not one of {allowed}")
     if key in _POSITIVE and not value > 0:
         raise ConfigError(f"{key} must be positive, got {value!r}")
+    if key in _WHOLE and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key} must be a whole number, got {value!r}")
     if key in _NOT_NEGATIVE and not value >= 0:
         raise ConfigError(f"{key} must not be negative, got {value!r}")
     if key in _FRACTIONS and not 0.0 <= value <= 1.0:

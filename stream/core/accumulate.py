@@ -5,7 +5,8 @@ The reduction follows the create / append / combine / finalize shape:
 * create: :class:`ScanSetup` fixes everything that does not change during a scan (geometry,
   scan, grid, q_ref, the sample rotation of every rocking angle) and refuses a histogram that
   would not fit its memory budget *before* the first frame; :class:`Accumulator` allocates.
-* append: :meth:`Accumulator.add_frame` runs the numba kernel (nogil).
+* append: :meth:`Accumulator.add_frame` runs the numba kernel (nogil), with the dq and bin of
+  every pixel looked up in a per-angle table (:meth:`ScanSetup.pixel_tables`).
 * combine: :meth:`Accumulator.merge` adds two accumulators of the same scan. Everything is a
   sum, so the result does not depend on frame order or on how frames were split.
 * finalize: :mod:`sxdm_stream.core.maps` derives the maps from the sums.
@@ -40,6 +41,11 @@ from sxdm_stream.core.qroi import QRoi, check_roi_names, roi_table
 from sxdm_stream.core.scan import ScanDescription
 from sxdm_stream.core.shells import N_SHELL_MOMENTS, shell_index, shells_for_pixels
 from sxdm_stream.errors import BadFrameError, ConfigError
+
+
+#: memory for the per-angle pixel tables a :class:`ScanSetup` keeps (the latest is always kept):
+#: 32 bytes per ROI pixel and angle, so ~8 MiB per angle of a 516 x 516 Maxipix
+PIXEL_TABLE_BUDGET_BYTES = 48 * 2**20
 
 
 @functools.lru_cache(maxsize=16)
@@ -170,6 +176,55 @@ class ScanSetup:
                        if s.q_shells else None)
         self.shell_of = (shell_index(self.shells, self.kf, geometry.ki, self.mask)
                          if self.shells is not None else None)
+        self._init_table_cache()
+
+    # ---- per-angle pixel tables (the accumulate kernel's look-ups) ------------------------
+    def _init_table_cache(self) -> None:
+        #: angle -> tables, oldest first; replaced whole, never changed in place (see below)
+        self._tables: dict[int, tuple] = {}
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        del state["_tables"]   # a cache, tens of MB
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._init_table_cache()
+
+    def pixel_tables(self, angle_index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(dq and bin table (rows, cols, 4), q-ROI bit table (rows, cols, words) or None)
+        of one rocking angle, for :func:`~sxdm_stream.core.kernels.accumulate_frame_table`.
+
+        Frames arrive angle by angle, so the tables are filled once per angle (a few ms for
+        516 x 516 pixels) and the latest few kept (``PIXEL_TABLE_BUDGET_BYTES``), never all.
+        Safe from several threads without a lock: the cache is a dict replaced whole (one
+        reference assignment), never changed in place, and the tables are never modified
+        once filled; two threads missing the same angle at once both fill it, same result.
+        """
+        tables = self._tables.get(angle_index)
+        if tables is None:
+            tables = self._fill_pixel_tables(angle_index)
+            kept, size = [(angle_index, tables)], _nbytes(tables)
+            for angle, old in reversed(list(self._tables.items())):   # newest first
+                size += _nbytes(old)
+                if size > PIXEL_TABLE_BUDGET_BYTES:
+                    break
+                if angle != angle_index:
+                    kept.append((angle, old))
+            self._tables = dict(reversed(kept))
+        return tables
+
+    def _fill_pixel_tables(self, a: int) -> tuple[np.ndarray, np.ndarray | None]:
+        table = np.empty((*self.mask.shape, kernels.PIXEL_TABLE_COLUMNS))
+        kernels.fill_pixel_table(self.kf, self.mask, self.rots[a], self.offsets[a], self.edge0,
+                                 self.inv_step, self.bins, self.keep_histogram, table)
+        if not self.q_rois:
+            return table, None
+        words = -(-len(self.q_rois) // kernels.WORD_BITS)
+        bits = np.empty((*self.mask.shape, words), dtype=np.uint64)
+        kernels.fill_roi_bits(table, self.roi_table, bits)
+        return table, bits
 
     def describe(self) -> dict:
         """JSON-able description; equal descriptions mean accumulators can be merged."""
@@ -202,6 +257,10 @@ class ScanSetup:
             kernels.count_hits(self.kf, self.mask, self.rots[a], self.offsets[a], self.edge0,
                                self.inv_step, self.bins, hits)
         return hits.reshape(self.grid.bins)
+
+
+def _nbytes(tables: tuple) -> int:
+    return sum(a.nbytes for a in tables if a is not None)
 
 
 def _tuples(value):
@@ -283,13 +342,12 @@ class Accumulator:
         """Add one detector frame; returns the (monitor-scaled) counts added."""
         frame, scale = self.check_frame(frame, angle_index, point_index, monitor)
         s = self.setup
-        hist = self.histogram[point_index]
-        added = kernels.accumulate_frame(
-            frame, s.roi_origin[0], s.roi_origin[1], s.kf, s.mask, s.rots[angle_index],
-            s.offsets[angle_index], s.edge0, s.inv_step, s.bins, scale,
-            s.settings.threshold, max_valid_for(frame.dtype, s.max_valid),
-            self.moments[angle_index, point_index], hist,
-            self._invalid, *self._roi_arguments(self.roi_moments[angle_index, point_index]),
+        table, roi_bits = s.pixel_tables(angle_index)
+        added = kernels.accumulate_frame_table(
+            frame, s.roi_origin[0], s.roi_origin[1], table, scale, s.settings.threshold,
+            max_valid_for(frame.dtype, s.max_valid), self.moments[angle_index, point_index],
+            self.histogram[point_index], self._invalid,
+            *self._roi_arguments(roi_bits, self.roi_moments[angle_index, point_index]),
             *self._shell_arguments(self.shell_moments[point_index]))
         self.frame_count[angle_index, point_index] += 1
         return added
@@ -313,18 +371,25 @@ class Accumulator:
             checked.append(frame)
         frames = native_frame(frames) if isinstance(frames, np.ndarray) else np.stack(checked)
         s = self.setup
-        hist = self.histogram
-        added = kernels.accumulate_frames(
-            frames, angle_index, point_index, scales, s.roi_origin[0], s.roi_origin[1], s.kf,
-            s.mask, s.rots, s.offsets, s.edge0, s.inv_step, s.bins, s.settings.threshold,
-            max_valid_for(frames.dtype, s.max_valid), self.moments, hist, self._invalid,
-            *self._roi_arguments(self.roi_moments), *self._shell_arguments(self.shell_moments))
+        max_valid = max_valid_for(frames.dtype, s.max_valid)
+        added = np.zeros(n)
+        # one kernel call per run of frames of one rocking angle (one pixel table), in order
+        starts = np.flatnonzero(np.diff(angle_index)) + 1 if n else np.zeros(0, np.int64)
+        for start, stop in zip([0, *starts.tolist()], [*starts.tolist(), n] if n else []):
+            a = int(angle_index[start])
+            table, roi_bits = s.pixel_tables(a)
+            added[start:stop] = kernels.accumulate_frames_table(
+                frames[start:stop], point_index[start:stop], scales[start:stop],
+                s.roi_origin[0], s.roi_origin[1], table, s.settings.threshold, max_valid,
+                self.moments[a], self.histogram, self._invalid,
+                *self._roi_arguments(roi_bits, self.roi_moments[a]),
+                *self._shell_arguments(self.shell_moments))
         np.add.at(self.frame_count, (angle_index, point_index), 1)
         return added
 
-    def _roi_arguments(self, roi_moments: np.ndarray) -> tuple:
+    def _roi_arguments(self, roi_bits, roi_moments: np.ndarray) -> tuple:
         # None, None compiles the kernel without the ROI code: no cost when there are no ROIs
-        return (self.setup.roi_table, roi_moments) if self.setup.q_rois else (None, None)
+        return (roi_bits, roi_moments) if self.setup.q_rois else (None, None)
 
     def _shell_arguments(self, shell_moments: np.ndarray) -> tuple:
         # None, None compiles the kernel without the shell code: no cost when shells are off

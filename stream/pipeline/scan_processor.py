@@ -21,6 +21,7 @@ import numpy as np
 
 from sxdm_stream.core.accumulate import Accumulator, ScanSetup, max_valid_for
 from sxdm_stream.core.maps import DEFAULT_MASK_FRACTION, MapSet, derive_maps
+from sxdm_stream.core.scan import ScanDescription
 from sxdm_stream.errors import BadFrameError, ConfigError, format_untrusted
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,11 @@ class ScanProcessor:
     """Accumulates the frames of one scan and derives its maps on demand."""
 
     def __init__(self, setup: ScanSetup, mask_fraction: float = DEFAULT_MASK_FRACTION,
-                 d_ref: float | None = None) -> None:
+                 d_ref: float | None = None, accumulator: Accumulator | None = None) -> None:
         self.setup = setup
-        self.accumulator = Accumulator(setup)
+        #: the sums frames go into: by default the whole scan's; a task of a distributed run
+        #: passes one that holds only its block of map rows
+        self.accumulator = accumulator if accumulator is not None else Accumulator(setup)
         self.counters = FrameCounters()
         self.mask_fraction = mask_fraction
         self.d_ref = d_ref
@@ -77,9 +80,7 @@ class ScanProcessor:
         """
         self.counters.received += 1
         try:
-            angle, point = self.setup.scan.locate(int(frame_index))
-            if positions is not None:
-                point = self._point_from_positions(positions, point)
+            angle, point = place_frame(self.setup.scan, frame_index, positions)
             if self.included[frame_index]:
                 raise BadFrameError(f"frame index {frame_index} was already added", "duplicate_image")
             invalid_before = self.accumulator.invalid_pixels
@@ -99,26 +100,6 @@ class ScanProcessor:
         self.counters.processed += 1
         self.angles_done = max(self.angles_done, angle)
         return True
-
-    def _point_from_positions(self, positions: Mapping[str, float], default: int) -> int:
-        scan = self.setup.scan
-        if not all(m in positions for m in scan.motors):
-            return default
-        values = [positions[m] for m in scan.motors]
-        try:
-            row_um, col_um = (float(v) for v in values)
-        # OverflowError: an integer beyond any float (JSON and CBOR carry any size)
-        except (TypeError, ValueError, OverflowError):
-            raise BadFrameError(f"positions {format_untrusted(values)} of {scan.motors} are not "
-                                "numbers", "bad_position") from None
-        if not (np.isfinite(row_um) and np.isfinite(col_um)):
-            raise BadFrameError(f"position {format_untrusted(dict(zip(scan.motors, values)))} "
-                                "is not finite", "bad_position")
-        point = scan.pixel_of_position(row_um, col_um)
-        if point is None:
-            raise BadFrameError(f"position {format_untrusted(dict(zip(scan.motors, values)))} "
-                                f"um is outside the map grid {scan.extents_um}", "outside_grid")
-        return point
 
     def _reject(self, reason: str, message: str) -> None:
         self.counters.rejected[reason] += 1
@@ -164,3 +145,34 @@ class ScanProcessor:
         return derive_maps(self.accumulator.moments, self.setup.q_ref, self.setup.scan.shape,
                            self.mask_fraction, self.d_ref)
 
+
+def place_frame(scan: ScanDescription, frame_index: int,
+                positions: Mapping[str, float] | None = None) -> tuple[int, int]:
+    """(rocking angle, flat map pixel) of a frame: the frame index gives the angle and, unless
+    measured ``positions`` of both map motors are given, the map pixel; measured positions
+    place it on the nearest grid pixel instead. The one rule of the join, used by the
+    processor and by whatever shards frames before it (``process --workers``, Dask).
+
+    Raises
+    ------
+    BadFrameError : ``index_out_of_range``, ``bad_position`` (not numbers, not finite) or
+        ``outside_grid``.
+    """
+    angle, point = scan.locate(int(frame_index))
+    if positions is None or not all(m in positions for m in scan.motors):
+        return angle, point
+    values = [positions[m] for m in scan.motors]
+    try:
+        row_um, col_um = (float(v) for v in values)
+    # OverflowError: an integer beyond any float (JSON and CBOR carry any size)
+    except (TypeError, ValueError, OverflowError):
+        raise BadFrameError(f"positions {format_untrusted(values)} of {scan.motors} are not "
+                            "numbers", "bad_position") from None
+    if not (np.isfinite(row_um) and np.isfinite(col_um)):
+        raise BadFrameError(f"position {format_untrusted(dict(zip(scan.motors, values)))} "
+                            "is not finite", "bad_position")
+    point = scan.pixel_of_position(row_um, col_um)
+    if point is None:
+        raise BadFrameError(f"position {format_untrusted(dict(zip(scan.motors, values)))} "
+                            f"um is outside the map grid {scan.extents_um}", "outside_grid")
+    return angle, point

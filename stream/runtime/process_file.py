@@ -111,6 +111,16 @@ def process_file_scan(file_scan: FileScan, out: str | Path | None = None,
     merged = processors[0]
     for other in processors[1:]:
         merged.merge(other)
+    return finish_file_scan(file_scan, merged, out, settings, t0, f"{len(threads)} threads")
+
+
+def finish_file_scan(file_scan: FileScan, merged: ScanProcessor, out: str | Path | None,
+                     settings: Config, t0: float, how: str,
+                     extra_attrs: dict | None = None) -> FileResult:
+    """Analyse the merged sums of ``file_scan`` as live, write ``out`` (None: do not) and
+    say what became of it; ``t0`` is when the processing started (``time.perf_counter``),
+    ``how`` what did it (for the log), ``extra_attrs`` more attributes of the results file."""
+    setup = merged.setup
     rate = merged.counters.processed / max(time.perf_counter() - t0, 1e-9)
     analysis = analyse(merged.accumulator, settings.analysis, final=merged.complete)
     maps = analysis.maps
@@ -119,13 +129,14 @@ def process_file_scan(file_scan: FileScan, out: str | Path | None = None,
         try:
             write_results(out, maps, setup, merged.accumulator,
                           hits=setup.hits() if setup.keep_histogram else None,
-                          extra_attrs=_attrs(file_scan, merged), analysis=analysis)
+                          extra_attrs={**_attrs(file_scan, merged), **(extra_attrs or {})},
+                          analysis=analysis)
         except Exception as exc:                  # a full disk, a folder gone, an HDF5 error
             error = str(exc) if isinstance(exc, (OSError, SxdmError)) else \
                 f"{type(exc).__name__}: {exc}"
             log.error("could not write the results to %s: %s", out, error)
-    log.info("%s: %d frames processed, %d rejected (%.0f frames/s, %d threads)", file_scan.path,
-             merged.counters.processed, merged.counters.n_rejected, rate, len(threads))
+    log.info("%s: %d frames processed, %d rejected (%.0f frames/s, %s)", file_scan.path,
+             merged.counters.processed, merged.counters.n_rejected, rate, how)
     missing = merged.missing_per_angle()
     return FileResult(maps, merged, Path(out) if out is not None else None, rate,
                       merged.complete, missing, error is None, error)

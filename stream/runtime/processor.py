@@ -4,7 +4,8 @@ Three threads, joined by bounded queues, so that decoding, accumulation and file
 overlap on two cores (ZeroMQ, the decompressors, numba kernels and h5py release the GIL):
 
 * receiver (:mod:`~sxdm_stream.runtime.receiver`): PULL socket(s) -> decode (stream v1 or v2,
-  per message) -> frame queue;
+  per message; images' pixels decompressed by ``[live] decode_threads`` threads) -> frame
+  queue, in arrival order;
 * worker (here): series bookkeeping, join frame -> map pixel, accumulate, snapshots at a
   bounded rate (:mod:`~sxdm_stream.runtime.snapshots`), pixel requests
   (:class:`~sxdm_stream.sinks.publish.PixelService`);
@@ -182,7 +183,8 @@ class LiveProcessor:
         self.publish_endpoint = publisher.endpoint if publisher else None
         self.serve_endpoint = self._service.endpoint if self._service else None
         self._receiver = None if self._pull is None else Receiver(
-            self._pull, self._enqueue, self.receiver, self.internal, self._stop.is_set)
+            self._pull, self._enqueue, self.receiver, self.internal, self._stop.is_set,
+            self.settings.live.decode_threads)
 
     # ---- life cycle -------------------------------------------------------------------------
     def start(self) -> "LiveProcessor":

@@ -140,6 +140,7 @@ class SeriesWorker:
             elif message is not None:
                 self.handle(message)
             self._act(self.machine.tick(time.monotonic()))
+            self.writer.finish_handoff()          # the worker's part of an angle end's copy
             self._maybe_snapshot()
             if service is not None:
                 service.answer_pending(self._pixel_reply, self._pixel_error)

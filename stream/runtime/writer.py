@@ -1,14 +1,23 @@
 """The live processor's writer thread: results files, checkpoints, operando records.
 
-The worker hands it copies of a series' sums (:meth:`ResultsWriter.schedule`, a
-:class:`WriteJob`) at the end of each rocking angle and of the series, and operando records
-(:class:`OperandoJob`); it writes the results file atomically with a checkpoint beside it
-(removed once every frame of the scan is in), and hands every finished series to
-``on_result`` as a :class:`SeriesResult`. The analysis written
+The worker hands it a series' sums (:meth:`ResultsWriter.schedule`, a :class:`WriteJob`) at
+the end of each rocking angle and of the series, and operando records (:class:`OperandoJob`);
+it writes the results file atomically with a checkpoint beside it (removed once every frame of
+the scan is in), and hands every finished series to ``on_result`` as a
+:class:`SeriesResult`. The analysis written
 (:func:`sxdm_stream.analysis.scan_analysis.analyse`) of a series' last write is the one the
 worker made for its last snapshot, handed over with the job: the final analysis (drift,
 particles, ROI suggestion, fits) is made once. The writer analyses the sums itself only for
 the intermediate writes, and when the worker's analysis failed.
+
+What the worker pays at an angle end does not grow with the q histograms (hundreds of MB on
+a large map): an intermediate job's copy is a :class:`~sxdm_stream.runtime.handoff.SumsHandoff`,
+whose histogram the writer copies while frames keep coming and which the worker finishes
+between two messages (:meth:`ResultsWriter.finish_handoff`: the rows that moved meanwhile and
+the small arrays); a series' last job takes the sums themselves (the worker feeds them no
+more). The histogram is gzip-compressed only by a series' last write: re-compressing it at
+every angle kept the writer busy half the time; and HDF5 gets it a few MB per call, since
+h5py holds the GIL through each call.
 
 Failures never stop the thread and never pass unseen:
 
@@ -20,18 +29,20 @@ Failures never stop the thread and never pass unseen:
 * any other exception of one job is counted under ``internal_error`` ("writer") and the
   thread takes the next job.
 
-The job queue is bounded in jobs and in bytes (each job holds a copy of the sums, q
-histograms included): an intermediate write finding it busy is skipped (the next angle's
+The job queue is bounded in jobs and in bytes (each job holds a copy of the sums, or the
+sums, q histograms included): an intermediate write finding it busy is skipped (the next
+angle's
 will do), a series' last write waits for room, which holds the worker back.
 
 ======================  ===================================================================
 thread                  owns
 ======================  ===================================================================
-worker                  :meth:`schedule`, :meth:`add_record` (producers), ``_spare`` taken
+worker                  :meth:`schedule`, :meth:`add_record` (producers), ``_spare`` taken,
+                        :meth:`finish_handoff`, ``_handoff``
 writer                  :meth:`run`, ``_unwritten``, ``errors``, ``SeriesResult.written``,
                         ``_spare`` given back, ``_busy``
 any                     ``jobs`` (a locked :class:`BoundedQueue`), :meth:`pending_ended`,
-                        :meth:`unwritten`
+                        :meth:`unwritten`, :meth:`wait_done` (``jobs_done``, under ``_done``)
 caller of stop()        :meth:`run` again, only once the writer thread has died
 ======================  ===================================================================
 """
@@ -39,7 +50,8 @@ caller of stop()        :meth:`run` again, only once the writer thread has died
 from __future__ import annotations
 
 import logging
-from collections import Counter, OrderedDict
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -54,6 +66,7 @@ from sxdm_stream.errors import SxdmError
 from sxdm_stream.messages import SeriesStart
 from sxdm_stream.pipeline.join import correlation_id_of
 from sxdm_stream.pipeline.scan_processor import ScanProcessor
+from sxdm_stream.runtime.handoff import SumsHandoff
 from sxdm_stream.runtime.queues import BoundedQueue
 from sxdm_stream.runtime.report import describe_outcome
 from sxdm_stream.runtime.settings import Config
@@ -63,6 +76,10 @@ from sxdm_stream.sinks.results import write_results
 from sxdm_stream.sinks.timeseries import OperandoSeriesFile
 
 log = logging.getLogger(__name__)
+
+#: how long the writer waits for the worker's part of a copy (:class:`SumsHandoff`): the
+#: worker takes it between two messages, so only a worker that stopped or died takes longer
+HANDOFF_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -108,6 +125,7 @@ class WriteJob:
     path: Path | None
     dropped: int = 0
     analysis: ScanAnalysis | None = None
+    handoff: SumsHandoff | None = None            # an intermediate copy still being made
 
     @property
     def complete(self) -> bool:
@@ -149,9 +167,12 @@ class ResultsWriter:
         self.jobs = BoundedQueue(settings.live.writer_queue_jobs,
                                  int(settings.live.writer_queue_mib * 2**20))
         self.errors = 0
+        self.jobs_done = 0            # write jobs taken and finished (written, failed, skipped)
+        self._done = threading.Condition()
         self.running = False
         self._busy = False
         self._spare = None            # the accumulator of the last intermediate job, reused
+        self._handoff: SumsHandoff | None = None  # the intermediate copy the worker finishes
         #: final results whose write failed: path -> (job, analysis, result), oldest first
         self._unwritten: OrderedDict = OrderedDict()
 
@@ -159,24 +180,40 @@ class ResultsWriter:
     def schedule(self, p: ScanProcessor, series: SeriesStart, ended: bool, last: bool,
                  path: Path | None, dropped: int = 0,
                  analysis: ScanAnalysis | None = None) -> bool:
-        """Queue a copy of ``p``'s sums; an intermediate write is skipped (False) while the
-        writer is still busy with an earlier one. A last write waits for room in the queue
-        (while the writer runs). ``analysis``: already made of these sums (the worker's last
-        snapshot); the writer writes it instead of analysing again."""
+        """Queue ``p``'s sums; an intermediate write is skipped (False) while the writer is
+        still busy with an earlier one. A last write waits for room in the queue (while the
+        writer runs). ``analysis``: already made of these sums (the worker's last snapshot);
+        the writer writes it instead of analysing again.
+
+        A series' last write takes ``p`` itself: the worker feeds it no more. An intermediate
+        write takes a :class:`SumsHandoff`: the writer copies the histogram while frames keep
+        coming, and the worker finishes the copy in :meth:`finish_handoff` (call it between
+        messages); the worker never copies the whole histogram."""
+        self.finish_handoff()
+        if last and self._handoff is not None:    # its phase 1 is not over: this write instead
+            self._handoff.cancel()
+            self._handoff = None
         if not last and (self._busy or self.jobs.qsize() > 0):
             return False                          # the writer is behind: the next angle will do
-        copy = ScanProcessor(p.setup, p.mask_fraction, p.d_ref)
+        if last:
+            job = WriteJob(p, series, ended, last, path, dropped, analysis)
+            self._put_waiting(job, job.nbytes)
+            return True
         spare, self._spare = self._spare, None
-        copy.accumulator = p.accumulator.copy(into=None if last else spare)
-        copy.included = p.included.copy()
-        copy.counters.received, copy.counters.processed = p.counters.received, p.counters.processed
-        copy.counters.rejected = Counter(dict.copy(p.counters.rejected))
-        copy.angles_done = p.angles_done
-        job = WriteJob(copy, series, ended, last, path, dropped, analysis)
-        if not last:
-            return self.jobs.put_nowait(job, job.nbytes)
-        self._put_waiting(job, job.nbytes)
+        handoff = SumsHandoff(p, into=spare)
+        job = WriteJob(handoff.copy, series, ended, last, path, dropped, analysis, handoff)
+        if not self.jobs.put_nowait(job, job.nbytes):
+            return False
+        self._handoff = handoff
         return True
+
+    def finish_handoff(self) -> None:
+        """The worker's part of the pending intermediate copy (:class:`SumsHandoff` phase 2),
+        once the writer has copied the histogram: call it between two messages. Cheap when
+        there is nothing to do."""
+        handoff = self._handoff
+        if handoff is not None and handoff.finish():
+            self._handoff = None
 
     def add_record(self, record: OperandoRecord) -> None:
         """Queue an operando record for the series file."""
@@ -197,7 +234,10 @@ class ResultsWriter:
                    if isinstance(job, WriteJob) and job.last and job.ended)
 
     def close(self) -> None:
-        """Let :meth:`run` end once everything queued is written."""
+        """Let :meth:`run` end once everything queued is written (the worker has stopped: a
+        copy it has not finished is given up)."""
+        if self._handoff is not None:
+            self._handoff.cancel()
         self.jobs.put_beyond_bounds(None)
 
     # ---- writer thread ----------------------------------------------------------------------
@@ -215,11 +255,20 @@ class ResultsWriter:
                     self._retry_unwritten()
                     self._do(job)
                 self._busy = False
+                with self._done:
+                    self.jobs_done += 1
+                    self._done.notify_all()
             with self.internal.guard("writer", "a retry of unwritten results"):
                 self._retry_unwritten(closing=True)
         finally:
             self.running = False
             self._busy = False
+
+    def wait_done(self, jobs: int, timeout: float | None = None) -> bool:
+        """Wait until ``jobs`` jobs in all were taken and finished; False if ``timeout``
+        (seconds) passed first."""
+        with self._done:
+            return self._done.wait_for(lambda: self.jobs_done >= jobs, timeout)
 
     def unwritten(self) -> list[SeriesResult]:
         """Final results that could not be written (so far)."""
@@ -229,6 +278,8 @@ class ResultsWriter:
         if isinstance(job, OperandoJob):
             self._append_operando(job.record)
             return
+        if job.handoff is not None and not self._take_handoff(job):
+            return                                # given up: the next angle's write will do
         analysis = None
         try:
             analysis = self._analyse(job)
@@ -244,6 +295,19 @@ class ResultsWriter:
                 self._keep_unwritten(job, analysis, result)
         else:                                     # its arrays take the next angle's copy
             self._spare = job.processor.accumulator
+
+    def _take_handoff(self, job: WriteJob) -> bool:
+        """Make the copy of an intermediate job (phase 1 here, phase 2 on the worker)."""
+        handoff = job.handoff
+        handoff.copy_histogram()
+        if handoff.wait(HANDOFF_TIMEOUT_S):
+            return True
+        self._spare = handoff.copy.accumulator
+        if not handoff.done.is_set():             # a loop that never calls finish_handoff()
+            log.warning("series %s: the worker did not finish the copy of its sums within "
+                        "%.0f s (does its loop call ResultsWriter.finish_handoff?); this "
+                        "angle's write is skipped", job.series.series_id, HANDOFF_TIMEOUT_S)
+        return False
 
     def _analyse(self, job: WriteJob) -> ScanAnalysis | None:
         if job.analysis is not None:              # the worker's: made once, written as it is
@@ -282,7 +346,7 @@ class ResultsWriter:
         maps = analysis.maps if analysis is not None else p.maps()
         write_results(path, maps, p.setup, p.accumulator, extra_attrs=attrs,
                       hits=p.setup.hits() if p.setup.keep_histogram and job.last else None,
-                      analysis=analysis)
+                      analysis=analysis, compress_histogram=job.last)
         ckpt = checkpoint_path(path)
         if job.complete:
             ckpt.unlink(missing_ok=True)          # the results file now holds everything

@@ -35,6 +35,7 @@ from sxdm_stream.errors import CheckpointError, ConfigError, SxdmError
 from sxdm_stream.messages import SeriesStart
 from sxdm_stream.pipeline.scan_processor import ScanProcessor
 from sxdm_stream.sinks.nexus import json_default
+from sxdm_stream.sinks.results import write_in_blocks
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,10 @@ def write_checkpoint(path: str | Path, processor: ScanProcessor, series_id: int,
         f.attrs["sxdm_checkpoint_version"] = CHECKPOINT_VERSION
         f.attrs["meta"] = meta
         for name, array in arrays.items():
-            f.create_dataset(name, data=array,
-                             **({"compression": "gzip"} if array.dtype == bool else {}))
+            if array.dtype == bool:
+                f.create_dataset(name, data=array, compression="gzip")
+            else:                                 # a few MB per call: h5py holds the GIL
+                write_in_blocks(f.create_dataset(name, array.shape, array.dtype), array)
     with open(tmp, "rb+") as fh:
         fh.seek(_USERBLOCK)
         header = _MAGIC + b"sha256:" + _file_digest(fh).encode() + b"\n"

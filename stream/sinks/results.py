@@ -65,7 +65,7 @@ HISTOGRAM_GZIP_LEVEL = 1
 # ---- writing ------------------------------------------------------------------------------
 def write_results(path, maps: MapSet, setup: ScanSetup, accumulator: Accumulator | None = None,
                   config: dict | None = None, hits=None, extra_attrs: dict | None = None,
-                  analysis=None) -> None:
+                  analysis=None, compress_histogram: bool = True) -> None:
     """Write (or atomically replace) the results file of one scan.
 
     Parameters
@@ -83,6 +83,9 @@ def write_results(path, maps: MapSet, setup: ScanSetup, accumulator: Accumulator
         detector pixels left out for holding no valid count) is one of them.
     analysis : a :class:`sxdm_stream.analysis.scan_analysis.ScanAnalysis` whose ``maps`` are ``maps``: its
         drift, particles, q-ROI maps, ROI suggestion, fits and phases are written too.
+    compress_histogram : gzip the q-space histogram (:data:`HISTOGRAM_GZIP_LEVEL`). The live
+        processor's writes at rocking-angle ends pass False: re-compressing hundreds of MB at
+        every angle kept its writer busy half the time; the series' last write compresses.
 
     Raises
     ------
@@ -101,7 +104,7 @@ def write_results(path, maps: MapSet, setup: ScanSetup, accumulator: Accumulator
         _write_instrument(entry, setup)
         _write_process(entry, maps, setup, user_config)
         if accumulator is not None:
-            _write_accumulator(entry, accumulator, hits)
+            _write_accumulator(entry, accumulator, hits, compress_histogram)
         if analysis is not None:
             write_analysis(entry, analysis, setup.scan)
             if analysis.phases is not None:
@@ -235,7 +238,7 @@ def _write_scan(parent: h5py.Group, scan: ScanDescription) -> None:
                       {k: (float(v), "degree") for k, v in scan.fixed_angles.items()})
 
 
-def _write_accumulator(entry: h5py.Group, acc: Accumulator, hits) -> None:
+def _write_accumulator(entry: h5py.Group, acc: Accumulator, hits, compress: bool) -> None:
     setup = acc.setup
     group = entry.create_group("accumulator")
     group.attrs.update(NX_class="NXcollection", keep_histogram=bool(setup.keep_histogram),
@@ -253,7 +256,7 @@ def _write_accumulator(entry: h5py.Group, acc: Accumulator, hits) -> None:
         shells.attrs.update(description="per map pixel and |Q| slice: S0, S1 (x, y, z) of "
                                         "dq = q - q_ref", **_shell_attributes(setup.shells))
     if setup.keep_histogram:
-        _write_qspace(entry, acc, hits)
+        _write_qspace(entry, acc, hits, compress)
 
 
 def _shell_attributes(shells) -> dict:
@@ -311,7 +314,25 @@ def _write_phases(entry: h5py.Group, phases, scan: ScanDescription) -> None:
         target.attrs.update(mixed_phase_pixels=phases.n_mixed, mixed_phase_note=note)
 
 
-def _write_qspace(entry: h5py.Group, acc: Accumulator, hits) -> None:
+#: bytes of an array handed to HDF5 in one call: h5py holds the GIL for the whole call
+#: (compression included), and the live processor's worker needs it between two frames;
+#: gzip takes ~20 ms per MB
+HDF5_BLOCK_BYTES = 4 << 20
+HDF5_GZIP_BLOCK_BYTES = 1 << 20
+
+
+def write_in_blocks(ds: h5py.Dataset, data: np.ndarray,
+                    block_bytes: int = HDF5_BLOCK_BYTES) -> None:
+    """``ds[...] = data``, a block of rows (first axis) of about ``block_bytes`` per HDF5
+    call."""
+    if data.size == 0:                            # nothing to write (HDF5 refuses empty selections)
+        return
+    rows = max(1, block_bytes // max(1, data[:1].nbytes))
+    for start in range(0, len(data), rows):
+        ds[start:start + rows] = data[start:start + rows]
+
+
+def _write_qspace(entry: h5py.Group, acc: Accumulator, hits, compress: bool = True) -> None:
     grid = acc.setup.grid
     bins = tuple(int(b) for b in grid.bins)
     qspace = entry.create_group("qspace")
@@ -319,8 +340,11 @@ def _write_qspace(entry: h5py.Group, acc: Accumulator, hits) -> None:
                         qx_indices=1, qy_indices=2, qz_indices=3,
                         title="q-space histogram of every map pixel (flat map index first)")
     hist = acc.histogram.reshape((len(acc.histogram),) + bins)
-    ds = qspace.create_dataset("histogram", data=hist, chunks=(1,) + bins, compression="gzip",
-                               compression_opts=HISTOGRAM_GZIP_LEVEL, shuffle=True)
+    filters = dict(compression="gzip", compression_opts=HISTOGRAM_GZIP_LEVEL, shuffle=True) \
+        if compress else {}
+    ds = qspace.create_dataset("histogram", shape=hist.shape, dtype=hist.dtype,
+                               chunks=(1,) + bins, **filters)
+    write_in_blocks(ds, hist, HDF5_GZIP_BLOCK_BYTES if compress else HDF5_BLOCK_BYTES)
     ds.attrs.update(units="counts", long_name="counts per q bin")
     for i, axis in enumerate(("qx", "qy", "qz")):
         ax = qspace.create_dataset(axis, data=grid.centres(i))

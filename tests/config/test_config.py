@@ -179,6 +179,7 @@ join_timeout_s = 0.5
 snapshot_max_hz = 2.5
 checkpoints = false
 keep_results = 5
+decode_threads = 3
 """
 
 
@@ -277,7 +278,7 @@ def test_a_file_without_version_is_format_1():
 
 @pytest.mark.parametrize("data, message", [
     ({"live": {"polcy": "drop"}}, "unknown key live.polcy; allowed: checkpoints, "
-                                  "frame_queue_messages, frame_queue_mib, hold_frames, "),
+                                  "decode_threads, frame_queue_messages, frame_queue_mib, "),
     ({"live": {"queue_size": 8}}, "unknown key live.queue_size: it is called "
                                   "live.frame_queue_messages"),
     ({"live": {"snapshot_hz": 8}}, "unknown key live.snapshot_hz: it is called "
@@ -294,6 +295,8 @@ def test_a_file_without_version_is_format_1():
     ({"live": {"join_timeout_s": -1}}, "live.join_timeout_s must not be negative"),
     ({"live": {"checkpoints": "yes"}}, "live.checkpoints must be true or false"),
     ({"live": {"keep_results": 2.5}}, "live.keep_results must be an integer"),
+    ({"live": {"decode_threads": -1}}, "live.decode_threads must not be negative, got -1"),
+    ({"live": {"decode_threads": 1.5}}, "live.decode_threads must be an integer"),
     ({"maps": {"d_ref_a": -4.7}}, "maps.d_ref_a must be positive, got -4.7"),
     ({"particles": {"connectivity": 3}}, "particles.connectivity = 3 is not one of 1, 2"),
     ({"drift": {"min_correlation": 2}}, "drift.min_correlation must lie between 0 and 1"),

@@ -460,3 +460,40 @@ def test_copy_into_a_spare_reuses_its_arrays_and_is_independent(small_processed)
     np.testing.assert_array_equal(again.moments, acc.moments)
     again.moments[0, 0, 0] += 1.0
     assert again.moments[0, 0, 0] != acc.moments[0, 0, 0]
+
+
+def test_threads_sharing_a_setup_and_its_pixel_tables_give_the_serial_sums(monkeypatch):
+    """Two threads add frames of changing rocking angles into one accumulator, sharded by map
+    pixel, with room for one pixel table only: every frame misses the cache and refills it
+    while the other thread reads its own. Same bits as one thread."""
+    import threading
+
+    from sxdm_stream.core import accumulate
+
+    monkeypatch.setattr(accumulate, "PIXEL_TABLE_BUDGET_BYTES", 1)
+    setup = standard_setup()
+    frames = frame_pool()[0]
+    rng = np.random.default_rng(11)
+    angles = rng.integers(0, N_ANGLES, 4 * N_POINTS)
+    points = np.arange(4 * N_POINTS) % N_POINTS
+    serial, shared = Accumulator(setup), Accumulator(ScanSetup(setup.geometry, setup.scan,
+                                                               setup.settings))
+    for k in range(len(points)):
+        serial.add_frame(frames[k % len(frames)], angles[k], points[k])
+    errors = []
+
+    def add_shard(shard: int) -> None:
+        try:
+            for k in range(shard, len(points), 2):   # points[k] % 2 == shard
+                shared.add_frame(frames[k % len(frames)], angles[k], points[k])
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add_shard, args=(t,)) for t in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for name, arr in serial.state().items():
+        np.testing.assert_array_equal(shared.state()[name], arr, err_msg=name)

@@ -8,11 +8,14 @@ the detector's ``roi_bounds`` and the mask from the full-detector mask, and the 
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
-from sxdm_stream.core import kernels
-from sxdm_stream.core.accumulate import AccumulationSettings, Accumulator, ScanSetup
+from sxdm_stream.core import accumulate, kernels
+from sxdm_stream.core.accumulate import (AccumulationSettings, Accumulator, ScanSetup,
+                                         max_valid_for)
 from sxdm_stream.core.geometry import Detector, Geometry
 from sxdm_stream.core.scan import ScanDescription
 from sxdm_stream.errors import BadFrameError
@@ -551,3 +554,129 @@ def test_kernel_with_empty_roi_table_equals_kernel_without_rois():
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])
     assert results[0][0][0] > 0
+
+
+# ---- the table kernel (what the accumulator runs) against the per-hit kernel ------------------
+def many_rois(setup: ScanSetup, n: int):
+    """n boxes, slabs of the q range along x (six slabs, overlapping, repeated): more than one
+    64-bit word of ROI bits, every word with counts."""
+    from sxdm_stream.core.qroi import QRoi
+
+    lo = np.asarray(setup.grid.edges_lo)
+    hi = lo + np.asarray(setup.grid.step) * np.asarray(setup.grid.bins)
+    xs = np.linspace(lo[0], hi[0], 7)
+    return tuple(QRoi(f"r{k}", (xs[k % 6], lo[1], lo[2]),
+                      (xs[k % 6 + 1] + 0.3 * (xs[1] - xs[0]), hi[1], hi[2])) for k in range(n))
+
+
+def per_hit_sums(setup: ScanSetup, frames, angles, points, monitors):
+    """The sums of :func:`kernels.accumulate_frame` (dq and bins computed per hit), one call
+    per frame in order, into arrays laid out as the accumulator's."""
+    ref = Accumulator(setup)
+    rois = setup.roi_table if setup.q_rois else None
+    for frame, a, p, monitor in zip(frames, angles, points, monitors):
+        frame, scale = ref.check_frame(frame, a, p, monitor)
+        kernels.accumulate_frame(
+            frame, setup.roi_origin[0], setup.roi_origin[1], setup.kf, setup.mask, setup.rots[a],
+            setup.offsets[a], setup.edge0, setup.inv_step, setup.bins, scale,
+            setup.settings.threshold, max_valid_for(frame.dtype, setup.max_valid),
+            ref.moments[a, p], ref.histogram[p], ref._invalid,
+            rois, ref.roi_moments[a, p] if rois is not None else None,
+            setup.shell_of, ref.shell_moments[p] if setup.shell_of is not None else None)
+        ref.frame_count[a, p] += 1
+    return ref
+
+
+def spoiled_frames(n: int, dtype, seed: int) -> np.ndarray:
+    """Frames with the detector's invalid mark (uint) or NaN (float) on some pixels, and
+    counts of 700 (over a ``max_valid_counts`` of 600) on others."""
+    frames = make_frames(n, dtype, seed)
+    rng = np.random.default_rng(seed + 1)
+    rows, cols = rng.integers(0, FULL_SHAPE[0], 60), rng.integers(0, FULL_SHAPE[1], 60)
+    frames[:, rows[:30], cols[:30]] = np.iinfo(dtype).max if np.dtype(dtype).kind == "u" else np.nan
+    frames[:, rows[30:], cols[30:]] = 700
+    return frames
+
+
+def assert_same_bits(actual: Accumulator, expected: Accumulator) -> None:
+    for name, arr in expected.state().items():
+        np.testing.assert_array_equal(actual.state()[name], arr, err_msg=name)
+    assert actual.invalid_pixels == expected.invalid_pixels
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.float32])
+@pytest.mark.parametrize("batch", [False, True])
+def test_table_kernel_equals_per_hit_kernel_bit_for_bit(dtype, batch):
+    """Mask, threshold, monitor, invalid pixels, 3 ROIs and q shells: the accumulator (pixel
+    tables) gives the same bits as the per-hit kernel, frame by frame or as a stack whose
+    rocking angles change from frame to frame."""
+    rois = split_rois(make_setup(mask=make_mask()))
+    setup = make_setup(mask=make_mask(), threshold=1, q_rois=rois, q_shells=9,
+                       max_valid_counts=600)
+    frames = spoiled_frames(12, dtype, seed=40)
+    angles, points = assignments(12, seed=41)
+    monitors = np.random.default_rng(42).uniform(0.5, 2.0, 12)
+    acc = Accumulator(setup)
+    if batch:
+        acc.add_frames(frames, angles, points, monitors)
+    else:
+        for frame, a, p, m in zip(frames, angles, points, monitors):
+            acc.add_frame(frame, a, p, m)
+    expected = per_hit_sums(setup, frames, angles, points, monitors)
+    assert_same_bits(acc, expected)
+    assert acc.invalid_pixels > 0 and np.all(acc.roi_moments[..., 0].sum(axis=(0, 1)) > 0)
+
+
+@pytest.mark.parametrize("settings", [dict(histogram_bins=(0, 0, 0)), dict(q_shells=5),
+                                      dict(histogram_dtype="float64")])
+def test_table_kernel_specialisations_equal_per_hit_kernel(settings):
+    """Without histogram, with shells only, with a float64 histogram (no ROIs)."""
+    setup = make_setup(mask=make_mask(), **settings)
+    frames = make_frames(6, np.uint32, seed=43)
+    angles, points = assignments(6, seed=44)
+    acc = Accumulator(setup)
+    acc.add_frames(frames, angles, points)
+    assert_same_bits(acc, per_hit_sums(setup, frames, angles, points, [None] * 6))
+
+
+def test_table_kernel_with_more_rois_than_a_word_holds():
+    """70 ROIs: their bits span two 64-bit words; ROI 64 onward must count too."""
+    setup = make_setup(mask=make_mask())
+    setup = make_setup(mask=make_mask(), q_rois=many_rois(setup, 70))
+    frames = make_frames(4, np.uint16, seed=45)
+    angles, points = assignments(4, seed=46)
+    acc = Accumulator(setup)
+    acc.add_frames(frames, angles, points)
+    assert_same_bits(acc, per_hit_sums(setup, frames, angles, points, [None] * 4))
+    assert acc.roi_moments[..., 64:, 0].sum() > 0
+
+
+def test_pixel_tables_keep_a_bounded_few(monkeypatch):
+    """A budget of one table: every angle change refills it, the sums do not change; the
+    tables are the per-hit kernel's dq and bins."""
+    setup = make_setup(mask=make_mask())
+    monkeypatch.setattr(accumulate, "PIXEL_TABLE_BUDGET_BYTES", 1)
+    frames = make_frames(8, np.uint16, seed=47)
+    angles, points = assignments(8, seed=48)
+    acc = Accumulator(setup)
+    acc.add_frames(frames, angles, points)
+    assert len(setup._tables) == 1
+    assert_same_bits(acc, per_hit_sums(setup, frames, angles, points, [None] * 8))
+    table, bits = setup.pixel_tables(2)
+    assert bits is None and table.shape == (*setup.mask.shape, kernels.PIXEL_TABLE_COLUMNS)
+    q = setup.geometry.q(setup.scan.angles(2))
+    np.testing.assert_allclose(table[..., :3], q - setup.q_ref, rtol=0, atol=1e-12)
+    assert np.all(table[..., 3][setup.mask] == kernels.MASKED)
+    assert np.all(table[..., 3][~setup.mask] >= kernels.OFF_GRID)
+
+
+def test_scan_setup_pickles_without_its_tables():
+    setup = make_setup(mask=make_mask())
+    setup.pixel_tables(0)
+    again = pickle.loads(pickle.dumps(setup))
+    assert again.fingerprint == setup.fingerprint and len(again._tables) == 0
+    frames = make_frames(2, np.uint16, seed=49)
+    one, two = Accumulator(setup), Accumulator(again)
+    one.add_frames(frames, [0, 1], [0, 1])
+    two.add_frames(frames, [0, 1], [0, 1])
+    assert_same_bits(two, one)

@@ -7,6 +7,7 @@ used to kill it and then processes a clean scan exactly as a clean run does.
 
 import json
 import struct
+import types
 
 import cbor2
 import lz4.block
@@ -77,8 +78,15 @@ def no_inflating(monkeypatch):
         raise AssertionError("the decompressor ran")
 
     monkeypatch.setattr(lz4_framing.lz4.block, "decompress", refuse)
-    monkeypatch.setattr(lz4_framing.bitshuffle, "decompress_lz4", refuse)
+    refuse_bslz4(monkeypatch, refuse)
     return asked
+
+
+def refuse_bslz4(monkeypatch, refuse):
+    """Make both bslz4 decompressors (bitshuffle, dectris-compression) call ``refuse``."""
+    monkeypatch.setattr(lz4_framing.bitshuffle, "decompress_lz4", refuse)
+    monkeypatch.setattr(lz4_framing, "_dectris_compression", types.SimpleNamespace(
+        decompress=refuse))
 
 
 def start_v2(shape=SHAPE, dtype="uint32", **fields):
@@ -291,7 +299,7 @@ def test_any_exception_while_decoding_comes_out_as_bad_message(monkeypatch, capl
     def boom(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(lz4_framing.bitshuffle, "decompress_lz4", boom)
+    refuse_bslz4(monkeypatch, boom)
     decoder = Decoder()
     message = encode_image_v2(ImageFrame(1, 0, FRAME))
     for _ in range(2):

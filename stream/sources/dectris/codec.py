@@ -25,6 +25,7 @@ share in :mod:`sxdm_stream.sources.dectris.fields`; the image payloads themselve
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from typing import Sequence
@@ -32,8 +33,8 @@ from typing import Sequence
 import numpy as np
 
 from sxdm_stream.errors import BadMessageError, ConfigError
-from sxdm_stream.messages import SeriesStart, StreamMessage
-from sxdm_stream.sources.dectris.compression import MAX_IMAGE_BYTES, ImageSpec
+from sxdm_stream.messages import ImageFrame, SeriesStart, StreamMessage
+from sxdm_stream.sources.dectris.compression import MAX_IMAGE_BYTES, ImageSpec, PendingPixels
 from sxdm_stream.sources.dectris.fields import bad_message
 from sxdm_stream.sources.dectris.v1 import (decode_start_v1, decode_v1, encode_end_v1,
                                             encode_image_v1, encode_start_v1, is_lone_header,
@@ -69,6 +70,11 @@ class Decoder:
         32-bit frame). Larger ones are rejected (``too_large``) before any buffer is made;
         one whose size no start message declared, beyond
         :data:`~sxdm_stream.sources.dectris.compression.MAX_UNDECLARED_IMAGE_BYTES` too.
+    defer_pixels : bool
+        Images come out with ``data`` a
+        :class:`~sxdm_stream.sources.dectris.compression.PendingPixels`: everything checked
+        but the payload's own framing, nothing decompressed; its ``decompress()`` (in any
+        thread) gives the array or raises BadMessageError. A receiver's decode pool uses it.
 
     Attributes
     ----------
@@ -89,13 +95,14 @@ class Decoder:
         came in: a receiver that accounts for every message counts it again, as rejected.
     """
 
-    def __init__(self, channel: str | None = None,
-                 max_image_bytes: int = MAX_IMAGE_BYTES) -> None:
+    def __init__(self, channel: str | None = None, max_image_bytes: int = MAX_IMAGE_BYTES,
+                 defer_pixels: bool = False) -> None:
         if not isinstance(max_image_bytes, int) or isinstance(max_image_bytes, bool) \
                 or max_image_bytes <= 0:
             raise ConfigError(f"max_image_bytes must be a positive integer, not "
                               f"{max_image_bytes!r}")
         self.max_image_bytes = max_image_bytes
+        self.defer_pixels = defer_pixels
         self.declared: ImageSpec | None = None
         self.quirks: Counter = Counter()
         self.abandoned: Counter = Counter()
@@ -157,6 +164,22 @@ class Decoder:
         except Exception as exc:  # a bug of ours, or a library's surprise: never fatal
             raise self._internal_error(exc) from exc
 
+    def decompress_pixels(self, frame: ImageFrame) -> ImageFrame:
+        """``frame``, decoded with ``defer_pixels``, with its pixels decompressed.
+
+        Any thread may call it, in any order: it reads nothing that the next messages change.
+        Raises BadMessageError as :meth:`decode` does (``truncated_payload`` for a payload
+        whose framing is corrupt, ``internal_error`` for anything unexpected).
+        """
+        if not isinstance(frame.data, PendingPixels):
+            return frame
+        try:
+            return dataclasses.replace(frame, data=frame.data.decompress())
+        except BadMessageError:
+            raise
+        except Exception as exc:  # as in decode: never fatal
+            raise self._internal_error(exc) from exc
+
     def _internal_error(self, exc: Exception) -> BadMessageError:
         if type(exc) not in self._internal_errors_seen:  # the traceback once per kind
             self._internal_errors_seen.add(type(exc))
@@ -169,7 +192,8 @@ class Decoder:
         msg = load_message(data)
         if data[:3] != MAGIC:
             self.quirks["v2_without_magic"] += 1
-        message = decode_v2(msg, self._channels, self.max_image_bytes, self.declared, extra)
+        message = decode_v2(msg, self._channels, self.max_image_bytes, self.declared, extra,
+                            self.defer_pixels)
         return self._declare(message) if isinstance(message, SeriesStart) else message
 
     def _declare(self, start: SeriesStart) -> SeriesStart:
@@ -193,7 +217,8 @@ class Decoder:
             # keep it for the configuration that comes next
             self._held_header = bytes(parts[0])
             return None
-        message = decode_v1(header, parts, self.max_image_bytes, self.declared, extra)
+        message = decode_v1(header, parts, self.max_image_bytes, self.declared, extra,
+                            self.defer_pixels)
         return self._declare(message) if isinstance(message, SeriesStart) else message
 
     def _complete_held_header(self, parts: list) -> SeriesStart:

@@ -15,28 +15,35 @@ series' start message declared (:class:`ImageSpec`); a compression
 header must announce exactly those bytes, the element size must be the dtype's itemsize, and
 a payload too small to inflate to them (LZ4 writes at most 255 bytes per byte read) is
 refused before the decompressor sees it.
+
+Decoding an image is two steps: reading its wrappers and checking its size, cheap and
+depending on the series (the receiver thread does it, in arrival order), then decompressing
+its pixels, which depends on nothing else and releases the GIL. ``defer=True`` stops after
+the first and returns :class:`PendingPixels`, whose :meth:`~PendingPixels.decompress` does the
+second in any thread (the receiver's decode pool). Without it both run at once.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from cbor2 import CBORTag
 
 from sxdm_stream.errors import BadMessageError, format_untrusted
 from sxdm_stream.messages import is_u64
-from sxdm_stream.sources.dectris.lz4_framing import (BSLZ4_BLOCK_BYTES, HEADER, LZ4_MAX_RATIO,
+from sxdm_stream.sources.dectris.lz4_framing import (BSLZ4_BACKEND, BSLZ4_BACKENDS,
+                                                     BSLZ4_BLOCK_BYTES, HEADER, LZ4_MAX_RATIO,
                                                      compress_bslz4, compress_lz4_hdf5,
                                                      compress_lz4_raw, decompress_bslz4,
                                                      decompress_lz4_hdf5, decompress_lz4_raw)
 
 # the LZ4 framings are re-exported: they were defined here, and importers keep working
-__all__ = ["BSLZ4_BLOCK_BYTES", "COLUMN_MAJOR_TAG", "COMPRESSION_TAG", "HEADER", "ImageSpec",
-           "LZ4_MAX_RATIO", "MAX_IMAGE_BYTES", "MAX_IMAGE_SIDE", "MAX_UNDECLARED_IMAGE_BYTES",
-           "ROW_MAJOR_TAG", "TYPED_ARRAY_DTYPES", "V1_ENCODING", "bslz4_array_tag",
+__all__ = ["BSLZ4_BACKEND", "BSLZ4_BACKENDS", "BSLZ4_BLOCK_BYTES", "COLUMN_MAJOR_TAG",
+           "COMPRESSION_TAG", "HEADER", "ImageSpec", "LZ4_MAX_RATIO", "MAX_IMAGE_BYTES", "MAX_IMAGE_SIDE", "MAX_UNDECLARED_IMAGE_BYTES",
+           "PendingPixels", "ROW_MAJOR_TAG", "TYPED_ARRAY_DTYPES", "V1_ENCODING", "bslz4_array_tag",
            "checked_nbytes", "compress_bslz4", "compress_lz4_hdf5", "decode_array",
            "decode_v1_blob", "decompress_bslz4", "decompress_lz4_hdf5", "encode_array",
            "encode_v1_blob"]
@@ -84,6 +91,33 @@ class ImageSpec:
     kind: str | None = None
 
 
+@dataclass(frozen=True, eq=False)
+class PendingPixels:
+    """An image whose wrappers were read and size checked, its pixels not yet decompressed.
+
+    ``inflate()`` returns the image's bytes as a 1-D writable array (any unsigned dtype) or
+    raises :class:`~sxdm_stream.errors.BadMessageError`; :meth:`decompress` makes the
+    image of it. ``nbytes`` is the decoded image's size, known before decompressing.
+    """
+
+    inflate: Callable[[], np.ndarray]
+    dtype: np.dtype
+    shape: tuple[int, int]
+    column_major: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self.shape[1] * self.dtype.itemsize
+
+    def decompress(self) -> np.ndarray:
+        """The image: shape (rows, cols), writable, C-contiguous, native byte order; raises
+        BadMessageError (with its ``reason``) for a payload that does not decompress."""
+        flat = _native(self.inflate().view(np.uint8).view(self.dtype))
+        if self.column_major:
+            return np.ascontiguousarray(flat.reshape(self.shape[::-1]).T)
+        return flat.reshape(self.shape)
+
+
 def checked_nbytes(shape: tuple[int, int], dtype: np.dtype, max_bytes: int,
                    declared: ImageSpec | None = None) -> int:
     """Bytes of an image of ``shape`` (rows, cols) and ``dtype``, once it may be allocated.
@@ -129,7 +163,8 @@ def _described(declared: ImageSpec) -> str:
 
 # ---- stream v2: RFC 8746 arrays -----------------------------------------------------------------
 def decode_array(item: Any, max_bytes: int = MAX_IMAGE_BYTES,
-                 declared: ImageSpec | None = None) -> np.ndarray:
+                 declared: ImageSpec | None = None,
+                 defer: bool = False) -> np.ndarray | PendingPixels:
     """Decode a v2 multi-dimensional array (tag 40, or column-major 1040) to a 2D array.
 
     Parameters
@@ -140,11 +175,13 @@ def decode_array(item: Any, max_bytes: int = MAX_IMAGE_BYTES,
         Largest array accepted, bytes (checked before anything is allocated).
     declared : ImageSpec, optional
         What the start message declared: the array must match it.
+    defer : bool
+        Check everything but decompress nothing: return :class:`PendingPixels`.
 
     Returns
     -------
-    numpy.ndarray
-        Shape (rows, cols), writable, C-contiguous, native byte order.
+    numpy.ndarray or PendingPixels
+        Shape (rows, cols), writable, C-contiguous, native byte order (once decompressed).
     """
     if not isinstance(item, CBORTag):
         raise _bad(f"expected a tag 40 multi-dimensional array, got {type(item).__name__}",
@@ -160,18 +197,20 @@ def decode_array(item: Any, max_bytes: int = MAX_IMAGE_BYTES,
                    "malformed")
     if len(dims) != 2:
         raise _bad(f"array dims {format_untrusted(dims)} are not [rows, cols]", "size_mismatch")
-    flat = _decode_typed_array(typed, tuple(dims), max_bytes, declared)
-    if item.tag == COLUMN_MAJOR_TAG:
-        return np.ascontiguousarray(flat.reshape(dims[::-1]).T)
-    return flat.reshape(dims)
+    dims = (dims[0], dims[1])
+    inflate, dtype = _typed_array_inflater(typed, dims, max_bytes, declared)
+    pending = PendingPixels(inflate, dtype, dims, item.tag == COLUMN_MAJOR_TAG)
+    return pending if defer else pending.decompress()
 
 
 def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _decode_typed_array(item: Any, dims: tuple[int, int], max_bytes: int,
-                        declared: ImageSpec | None) -> np.ndarray:
+def _typed_array_inflater(item: Any, dims: tuple[int, int], max_bytes: int,
+                          declared: ImageSpec | None) -> tuple[Callable[[], np.ndarray], np.dtype]:
+    """What decompresses the typed array ``item`` to its bytes, and its dtype: the tags and
+    sizes are checked here, the payload's own framing when it is decompressed."""
     if not isinstance(item, CBORTag):
         raise _bad(f"expected a typed array tag, got {type(item).__name__}", "malformed")
     dtype = TYPED_ARRAY_DTYPES.get(item.tag)
@@ -179,17 +218,16 @@ def _decode_typed_array(item: Any, dims: tuple[int, int], max_bytes: int,
         raise _bad(f"CBOR tag {item.tag} is not a typed array we know", "unknown_tag")
     nbytes, payload = checked_nbytes(dims, dtype, max_bytes, declared), item.value
     if isinstance(payload, bytes):
-        raw = _raw(payload, nbytes)
-    elif isinstance(payload, CBORTag) and payload.tag == COMPRESSION_TAG:
-        raw = _decompress_tag(payload.value, nbytes, dtype.itemsize)
-    elif isinstance(payload, CBORTag):
+        _check_raw(payload, nbytes)
+        return (lambda: _raw(payload, nbytes)), dtype
+    if isinstance(payload, CBORTag) and payload.tag == COMPRESSION_TAG:
+        return _tag_inflater(payload.value, nbytes, dtype.itemsize), dtype
+    if isinstance(payload, CBORTag):
         raise _bad(f"CBOR tag {payload.tag} where a byte string is expected", "unknown_tag")
-    else:
-        raise _bad(f"typed array holds a {type(payload).__name__}, not bytes", "malformed")
-    return _native(raw.view(np.uint8).view(dtype))
+    raise _bad(f"typed array holds a {type(payload).__name__}, not bytes", "malformed")
 
 
-def _decompress_tag(value: Any, nbytes: int, itemsize: int) -> np.ndarray:
+def _tag_inflater(value: Any, nbytes: int, itemsize: int) -> Callable[[], np.ndarray]:
     if not (isinstance(value, (list, tuple)) and len(value) == 3 and isinstance(value[0], str)
             and is_u64(value[1]) and isinstance(value[2], bytes)):
         raise _bad("compression tag 56500 is not [algorithm, unsigned 64-bit modifier, bytes]",
@@ -202,17 +240,21 @@ def _decompress_tag(value: Any, nbytes: int, itemsize: int) -> np.ndarray:
         if modifier != itemsize:
             raise _bad(f"bslz4 element size {modifier} on an array of {itemsize}-byte elements",
                        "wrong_dtype")
-        return decompress_bslz4(payload, nbytes, modifier)
+        return lambda: decompress_bslz4(payload, nbytes, modifier)
     if algorithm == "lz4":  # modifier unused, sent as 0
-        return decompress_lz4_hdf5(payload, nbytes)
+        return lambda: decompress_lz4_hdf5(payload, nbytes)
     raise _bad(f"unknown compression algorithm {format_untrusted(algorithm)}",
                "unsupported_encoding")
 
 
-def _raw(payload, nbytes: int) -> np.ndarray:
+def _check_raw(payload, nbytes: int) -> None:
     if len(payload) != nbytes:
         raise _bad(f"{len(payload)} bytes of data where shape and dtype call for {nbytes}",
                    "size_mismatch")
+
+
+def _raw(payload, nbytes: int) -> np.ndarray:
+    _check_raw(payload, nbytes)
     return np.frombuffer(payload, np.uint8).copy()  # writable, like the decompressed arrays
 
 
@@ -264,13 +306,13 @@ def encode_array(data: np.ndarray, compression: str | None = "bslz4") -> CBORTag
 
 # ---- stream v1: encoded blobs -------------------------------------------------------------------
 def decode_v1_blob(blob, encoding: str, dtype: np.dtype, shape: tuple[int, int],
-                   max_bytes: int = MAX_IMAGE_BYTES,
-                   declared: ImageSpec | None = None) -> np.ndarray:
+                   max_bytes: int = MAX_IMAGE_BYTES, declared: ImageSpec | None = None,
+                   defer: bool = False) -> np.ndarray | PendingPixels:
     """Decode a v1 image blob (``dimage_d-1.0`` ``encoding``) to an array of ``shape``.
 
     ``<`` raw; ``lz4<`` one raw LZ4 block; ``bsNN-lz4<`` bslz4 with NN-bit elements, NN the
     dtype's bits (``>``: big-endian data). Raises ``unsupported_encoding`` for any other
-    encoding; ``max_bytes`` and ``declared`` as in :func:`decode_array`.
+    encoding; ``max_bytes``, ``declared`` and ``defer`` as in :func:`decode_array`.
     """
     match = V1_ENCODING.fullmatch(encoding)
     if match is None:
@@ -283,12 +325,18 @@ def decode_v1_blob(blob, encoding: str, dtype: np.dtype, shape: tuple[int, int],
         raise _bad(f"encoding {format_untrusted(encoding)} on {dtype.name} pixels: bitshuffle "
                    "elements must be the pixels", "wrong_dtype")
     if bits:
-        raw = decompress_bslz4(blob, nbytes, int(bits) // 8, allow_empty_header=True)
+        def inflate():
+            return decompress_bslz4(blob, nbytes, int(bits) // 8, allow_empty_header=True)
     elif lz4_:
-        raw = decompress_lz4_raw(blob, nbytes)
+        def inflate():
+            return decompress_lz4_raw(blob, nbytes)
     else:
-        raw = _raw(blob, nbytes)
-    return _native(raw.view(np.uint8).view(dtype)).reshape(shape)
+        _check_raw(blob, nbytes)
+
+        def inflate():
+            return _raw(blob, nbytes)
+    pending = PendingPixels(inflate, dtype, (shape[0], shape[1]))
+    return pending if defer else pending.decompress()
 
 
 def encode_v1_blob(data: np.ndarray, encoding: str) -> bytes:

@@ -49,7 +49,7 @@ def is_lone_header(header: dict, parts: list) -> bool:
 
 
 def decode_v1(header: dict, parts: list, max_bytes: int, declared: ImageSpec | None,
-              extra: dict) -> StreamMessage:
+              extra: dict, defer: bool = False) -> StreamMessage:
     """The message of ``parts`` whose first part is ``header`` (from :func:`load_json`).
 
     Parameters
@@ -64,10 +64,13 @@ def decode_v1(header: dict, parts: list, max_bytes: int, declared: ImageSpec | N
         What the last start message declared of its images: an image must match it.
     extra : dict
         More fields of an :class:`ImageFrame` (``received_s``).
+    defer : bool
+        An image's ``data`` is :class:`~sxdm_stream.sources.dectris.compression.PendingPixels`,
+        checked and not decompressed (see :func:`decode_v1_blob`).
     """
     htype = read_field(header, "htype", str)
     if htype.startswith("dimage-"):
-        return _image_v1(header, parts, extra, max_bytes, declared)
+        return _image_v1(header, parts, extra, max_bytes, declared, defer)
     if htype.startswith("dheader-"):
         return decode_start_v1(header, parts, max_bytes)
     # LiberTEM's emulator misspells it "deseries_end-1.0"; ADEiger also matches a prefix
@@ -119,8 +122,8 @@ def _v1_header_array(value: Any) -> bool:
     return isinstance(value, dict) and value.get("htype") in _V1_HEADER_ARRAYS
 
 
-def _v1_array(description: dict, blob, max_bytes: int,
-              declared: ImageSpec | None) -> np.ndarray:
+def _v1_array(description: dict, blob, max_bytes: int, declared: ImageSpec | None,
+              defer: bool = False):
     shape = description.get("shape")
     # sides of any size pass here: the byte cap refuses big ones as too_large
     if not (isinstance(shape, list) and len(shape) == 2
@@ -137,11 +140,11 @@ def _v1_array(description: dict, blob, max_bytes: int,
         raise bad_message(f"stream v1 encoding {format_untrusted(encoding)} is not a string")
     # shape is [x, y] = [width, height]: the opposite order to numpy's (and to v2 dims)
     return decode_v1_blob(blob, encoding, np.dtype(type_name), (shape[1], shape[0]), max_bytes,
-                          declared)
+                          declared, defer)
 
 
 def _image_v1(header: dict, parts: list, extra: dict, max_bytes: int,
-              declared: ImageSpec | None) -> ImageFrame:
+              declared: ImageSpec | None, defer: bool = False) -> ImageFrame:
     """``dimage-1.0``, ``dimage_d-1.0``, blob, ``dconfig-1.0`` [, appendix]."""
     if not 4 <= len(parts) <= 5:
         raise bad_message(f"stream v1 image message has {len(parts)} parts, expected 4 or 5")
@@ -154,7 +157,7 @@ def _image_v1(header: dict, parts: list, extra: dict, max_bytes: int,
     if isinstance(size, int) and size != len(parts[2]):   # a bool or an int of any size
         raise bad_message(f"image blob has {len(parts[2])} bytes, its description says "
                           f"{format_untrusted(size)}", "truncated_payload")
-    data = _v1_array(description, parts[2], max_bytes, declared)
+    data = _v1_array(description, parts[2], max_bytes, declared, defer)
     real_time_ns = read_field(load_json(parts[3], "image timing"), "real_time", float, False)
     # the hash (md5 of the description per the manual) is not checked: emulators disagree
     return ImageFrame(series_id=series, image_id=frame, data=data,

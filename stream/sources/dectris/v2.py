@@ -80,7 +80,7 @@ def load_message(data) -> Mapping:
 
 
 def decode_v2(msg: Mapping, channels: ChannelSelection, max_bytes: int,
-              declared: ImageSpec | None, extra: dict) -> StreamMessage:
+              declared: ImageSpec | None, extra: dict, defer: bool = False) -> StreamMessage:
     """The message ``msg`` (from :func:`load_message`) says.
 
     Parameters
@@ -95,6 +95,9 @@ def decode_v2(msg: Mapping, channels: ChannelSelection, max_bytes: int,
         What the last start message declared of its images: an image must match it.
     extra : dict
         More fields of an :class:`ImageFrame` (``received_s``).
+    defer : bool
+        An image's ``data`` is :class:`~sxdm_stream.sources.dectris.compression.PendingPixels`,
+        checked and not decompressed (see :func:`decode_array`).
     """
     kind = read_field(msg, "type", str)
     if kind == "image":
@@ -102,7 +105,7 @@ def decode_v2(msg: Mapping, channels: ChannelSelection, max_bytes: int,
         return ImageFrame(
             series_id=read_field(msg, "series_id", int),
             image_id=read_field(msg, "image_id", int),
-            data=decode_array(data, max_bytes, declared),
+            data=decode_array(data, max_bytes, declared, defer),
             series_unique_id=read_field(msg, "series_unique_id", str, False),
             user_data=_plain(msg.get("user_data")), real_time_s=read_rational(msg, "real_time"),
             **extra)
