@@ -63,7 +63,7 @@ def region_truth(scan, region):
 
 def test_per_particle_d_of_each_phase_and_fraction(coexisting):
     scans, results = coexisting
-    checked = 0
+    checked, d_errors, fraction_errors = 0, [], []
     for scan, result in zip(scans, results):
         analysis = result.analysis
         table = analysis.phases.particles
@@ -83,8 +83,12 @@ def test_per_particle_d_of_each_phase_and_fraction(coexisting):
                 row = rows[np.nanargmin(np.abs(rows["d_a"] - d_true))]
                 assert abs(row["d_a"] - d_true) < 1e-4, (scan.index, label, phase, row, d_true)
                 assert abs(row["fraction"] - fraction) < 0.05, (scan.index, label, row, fraction)
+                d_errors.append(abs(row["d_a"] - d_true))
+                fraction_errors.append(abs(row["fraction"] - fraction))
                 checked += 1
     assert checked >= 6                                    # both phases of several particles
+    print(f"{checked} particle phases: max |d error| {max(d_errors):.2e} A, "
+          f"max |fraction error| {max(fraction_errors):.4f}")   # shown with pytest -s
 
 
 def test_pixels_averaging_two_phases_are_flagged(coexisting):
@@ -94,6 +98,8 @@ def test_pixels_averaging_two_phases_are_flagged(coexisting):
         flagged = result.analysis.phases.mixed
         truth = scan.truth.two_phases & mask
         assert truth.sum() >= 5
+        print(f"scan {scan.index}: {flagged.sum()} map pixels flagged mixed, {truth.sum()} "
+              f"simulated two-phase in the mask, {(flagged & truth).sum()} both")
         assert (flagged & truth).sum() >= 0.8 * truth.sum()
         assert (flagged & ~truth).sum() <= 0.2 * flagged.sum()
         # there the single centre of mass gives a d that neither phase has
